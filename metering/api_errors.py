@@ -1,0 +1,51 @@
+"""One error shape for the whole API: `{"errors": [{"index", "field", "message"}, ...]}`.
+
+DRF's own exceptions (authentication, permissions, parsing, throttling, 404, 405) are mapped
+to that shape; anything unexpected is logged and answered 500 with no internals shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from metering.authentication import INVALID_KEY_MESSAGE
+
+
+def error_body(message: str, *, field: str | None = None, index: int | None = None) -> dict:
+    return {"errors": [{"index": index, "field": field, "message": message}]}
+
+
+def _flatten(detail: Any, field: str | None = None) -> list[dict[str, Any]]:
+    if isinstance(detail, dict):
+        out: list[dict[str, Any]] = []
+        for key, value in detail.items():
+            name = None if key == "non_field_errors" else str(key)
+            out.extend(_flatten(value, name if field is None else f"{field}.{name}"))
+        return out
+    if isinstance(detail, list):
+        return [item for value in detail for item in _flatten(value, field)]
+    return [{"index": None, "field": field, "message": str(detail)}]
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        response = Response(
+            error_body(INVALID_KEY_MESSAGE, field="authorization"),
+            status=status.HTTP_401_UNAUTHORIZED,
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        response.status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    data = response.data
+    if isinstance(data, dict) and set(data) == {"detail"}:
+        data = data["detail"]
+    response.data = {"errors": _flatten(data)}
+    return response

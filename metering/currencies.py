@@ -1,0 +1,53 @@
+"""The one table of currencies: ISO 4217 code -> minor-unit exponent and display symbol.
+
+Amounts everywhere are integers in the currency's minor unit (cents for USD, yen for JPY,
+fils for KWD). This module is pure (no Django imports) so the rating engine can use it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Currency(NamedTuple):
+    code: str
+    exponent: int  # digits after the decimal point in the major unit
+    symbol: str
+
+
+CURRENCIES: dict[str, Currency] = {
+    c.code: c
+    for c in (
+        Currency("USD", 2, "$"),
+        Currency("EUR", 2, "€"),
+        Currency("GBP", 2, "£"),
+        Currency("CHF", 2, "CHF "),
+        Currency("CAD", 2, "CA$"),
+        Currency("AUD", 2, "A$"),
+        Currency("SEK", 2, "kr "),
+        Currency("INR", 2, "₹"),
+        Currency("BRL", 2, "R$"),
+        Currency("JPY", 0, "¥"),
+        Currency("KRW", 0, "₩"),
+        Currency("KWD", 3, "KD "),
+        Currency("BHD", 3, "BD "),
+    )
+}
+
+CURRENCY_CHOICES: list[tuple[str, str]] = [(code, code) for code in sorted(CURRENCIES)]
+
+
+def exponent(currency: str) -> int:
+    """Return the minor-unit exponent of an ISO 4217 code; KeyError for an unknown code."""
+    return CURRENCIES[currency].exponent
+
+
+def format_minor(amount_minor: int, currency: str) -> str:
+    """Render an amount in minor units for people, e.g. (123456, "USD") -> "$1,234.56"."""
+    cur = CURRENCIES[currency]
+    sign = "-" if amount_minor < 0 else ""
+    whole, frac = divmod(abs(amount_minor), 10**cur.exponent)
+    text = f"{whole:,}"
+    if cur.exponent:
+        text += "." + str(frac).zfill(cur.exponent)
+    return f"{sign}{cur.symbol}{text}"

@@ -1,0 +1,35 @@
+"""Admin forms that validate what the model alone cannot."""
+
+from __future__ import annotations
+
+from django import forms
+
+from metering.models import ApiKey, Meter
+
+
+class MeterForm(forms.ModelForm):
+    class Meta:
+        model = Meter
+        fields = [
+            "code",
+            "name",
+            "unit",
+            "aggregation",
+            "unique_property",
+            "description",
+            "is_active",
+        ]
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("aggregation") == Meter.Aggregation.UNIQUE_COUNT and not data.get(
+            "unique_property"
+        ):
+            self.add_error("unique_property", "A unique_count meter needs the property to count.")
+        return data
+
+
+class ApiKeyCreateForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ["name", "customer", "expires_at"]

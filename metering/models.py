@@ -1,0 +1,188 @@
+"""Customers, meters (the billable unit), usage events and API keys.
+
+Invariants live in the schema: a customer's external id is unique, an event is unique per
+(customer, event_id) for ever, quantities are non-negative decimals with 6 places.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import models
+from django.db.models import Q
+
+from metering.currencies import CURRENCY_CHOICES
+
+QUANTITY_MAX_DIGITS = 19  # up to 10^12 with 6 decimal places
+QUANTITY_DECIMAL_PLACES = 6
+
+
+def validate_timezone_name(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{value!r} is not an IANA time zone, e.g. Europe/Paris") from None
+
+
+def validate_email_list(value: object) -> None:
+    if not isinstance(value, list):
+        raise ValidationError("Enter a list of e-mail addresses.")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValidationError("Each e-mail address must be a string.")
+        validate_email(item)
+
+
+class Customer(models.Model):
+    """A customer of the operator, identified towards agents by its external id."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused (budget cap reached)"
+        ARCHIVED = "archived", "Archived"
+
+    external_id = models.CharField(max_length=128, unique=True)
+    name = models.CharField(max_length=200)
+    # Billing contacts: a list of e-mail addresses that receive summaries and alerts.
+    emails = models.JSONField(default=list, blank=True, validators=[validate_email_list])
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES, default="USD")
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone_name])
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["external_id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})"
+
+
+class Meter(models.Model):
+    """One billable unit, before any pricing: what agents report and how a period sums it up."""
+
+    class Aggregation(models.TextChoices):
+        SUM = "sum", "Sum of quantities"
+        COUNT = "count", "Count of events"
+        MAX = "max", "Maximum quantity"
+        UNIQUE_COUNT = "unique_count", "Count of unique property values"
+        LATEST = "latest", "Latest quantity"
+
+    code = models.SlugField(
+        max_length=64,
+        unique=True,
+        help_text="What agents send in the `meter` field, e.g. agent_tasks. "
+        "Cannot change once the meter has usage.",
+    )
+    name = models.CharField(max_length=200)
+    unit = models.CharField(max_length=32, help_text='Singular unit label, e.g. "task".')
+    aggregation = models.CharField(max_length=16, choices=Aggregation.choices)
+    unique_property = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="For unique_count: the property whose distinct values are counted.",
+    )
+    description = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["code"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(aggregation="unique_count") | ~Q(unique_property=""),
+                name="meter_unique_count_has_property",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class ApiKey(models.Model):
+    """An API key for agents. Only a SHA-256 hash of the secret is stored, with a visible prefix.
+
+    A key without a customer is service-wide (may post for any customer); with one, it is
+    scoped to that customer.
+    """
+
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    customer = models.ForeignKey(
+        Customer,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="api_keys",
+        help_text="Leave empty for a service-wide key.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_service_wide(self) -> bool:
+        return self.customer_id is None
+
+
+class UsageEvent(models.Model):
+    """One usage event as an agent reported it; the source of truth for billing.
+
+    `fingerprint` is a SHA-256 of the canonical payload (customer, meter, quantity, timestamp,
+    properties), so a repeated event_id is told apart as duplicate or conflict in one compare.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    event_id = models.CharField(max_length=128)
+    quantity = models.DecimalField(
+        max_digits=QUANTITY_MAX_DIGITS, decimal_places=QUANTITY_DECIMAL_PLACES
+    )
+    timestamp = models.DateTimeField()
+    properties = models.JSONField(default=dict, blank=True)
+    fingerprint = models.CharField(max_length=64)
+    received_at = models.DateTimeField()
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "event_id"], name="usage_event_unique_per_customer"
+            ),
+            models.CheckConstraint(
+                condition=Q(quantity__gte=Decimal(0)), name="usage_event_quantity_non_negative"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "meter", "timestamp"], name="usage_event_cmt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.event_id}"
+
+
+class PortalMembership(models.Model):
+    """Links a portal login to the one customer it belongs to (a customer may have several)."""
+
+    user = models.OneToOneField(
+        "auth.User", on_delete=models.CASCADE, related_name="portal_membership"
+    )
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="memberships")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.customer.external_id}"

@@ -1,0 +1,313 @@
+"""Writes of the metering app: usage ingestion, customers, meters and API keys."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from metering import event_parsing
+from metering.event_parsing import EventInput, FieldError
+from metering.keys import generate_key
+from metering.models import ApiKey, Customer, Meter, UsageEvent
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+CONFLICT = "conflict"
+_DEADLOCK_RETRIES = 3
+
+
+class IngestionRejected(Exception):
+    """The request is invalid as a whole (422); nothing was stored."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        super().__init__(f"{len(errors)} invalid field(s)")
+        self.errors = list(errors)
+
+
+@dataclass
+class IngestionResult:
+    """Per-event outcome in request order, and the counts of each status."""
+
+    statuses: list[tuple[str, str]] = field(default_factory=list)  # (event_id, status)
+    customer_ids: set[int] = field(default_factory=set)
+
+    def count(self, status: str) -> int:
+        return sum(1 for _, s in self.statuses if s == status)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    index: int
+    customer_pk: int
+    meter_pk: int
+    event_id: str
+    quantity: Decimal
+    timestamp: datetime
+    properties_json: str
+    fingerprint: str
+
+
+def record_usage_events(
+    *, api_key: ApiKey, raw_events: Sequence[Any], now: datetime | None = None
+) -> IngestionResult:
+    """Validate and store a batch of events exactly once, all or nothing.
+
+    Each event is `accepted` (stored now), `duplicate` (same event id and same payload already
+    stored: nothing changes) or `conflict` (same event id, different payload: the stored event
+    is kept). Any invalid event raises IngestionRejected and nothing is stored. The rows are
+    written with one set-based INSERT ... ON CONFLICT DO NOTHING and committed before return.
+    """
+    now = now or timezone.now()
+    max_age = timedelta(seconds=settings.BILLING_MAX_EVENT_AGE)
+    max_future = timedelta(seconds=settings.BILLING_MAX_EVENT_FUTURE)
+
+    parsed: list[EventInput] = []
+    errors: list[FieldError] = []
+    for index, raw in enumerate(raw_events):
+        event, event_errors = event_parsing.parse_event(
+            raw, index=index, now=now, max_age=max_age, max_future=max_future
+        )
+        if event_errors:
+            errors.extend(event_errors)
+        else:
+            parsed.append(event)
+    if errors:
+        raise IngestionRejected(errors)
+
+    rows = _resolve(api_key=api_key, events=parsed)
+    for attempt in range(_DEADLOCK_RETRIES + 1):
+        try:
+            return _store(rows=rows, api_key=api_key, received_at=now)
+        except DatabaseError as exc:
+            if attempt == _DEADLOCK_RETRIES or not _is_retryable(exc):
+                raise
+            logger.warning("ingestion transaction retried after %s", type(exc).__name__)
+    raise AssertionError("unreachable")
+
+
+def _is_retryable(exc: DatabaseError) -> bool:
+    sqlstate = getattr(getattr(exc, "__cause__", None), "sqlstate", None)
+    return sqlstate in {"40001", "40P01"}  # serialization failure, deadlock detected
+
+
+def _resolve(*, api_key: ApiKey, events: list[EventInput]) -> list[_Row]:
+    """Map external ids and meter codes to rows with two queries; 422 on any unknown one."""
+    external_ids = {event.customer_id for event in events}
+    customers = {c.external_id: c for c in Customer.objects.filter(external_id__in=external_ids)}
+    codes = {event.meter for event in events}
+    meters = {m.code: m for m in Meter.objects.filter(code__in=codes, is_active=True)}
+
+    rows: list[_Row] = []
+    errors: list[FieldError] = []
+    for event in events:
+        customer = customers.get(event.customer_id)
+        if customer is None or (
+            api_key.customer_id is not None and api_key.customer_id != customer.pk
+        ):
+            # Out-of-scope customers read as unknown, so a scoped key learns nothing.
+            errors.append(FieldError(event.index, "customer_id", "unknown customer"))
+        elif customer.status == Customer.Status.ARCHIVED:
+            errors.append(FieldError(event.index, "customer_id", "customer is archived"))
+        meter = meters.get(event.meter)
+        if meter is None:
+            errors.append(FieldError(event.index, "meter", "unknown or inactive meter"))
+        quantity = event.quantity
+        if quantity is None:
+            if meter is not None and meter.aggregation == Meter.Aggregation.COUNT:
+                quantity = Decimal(1)
+            elif meter is not None:
+                errors.append(FieldError(event.index, "quantity", "is required for this meter"))
+        if errors and errors[-1].index == event.index:
+            continue
+        assert customer is not None and meter is not None and quantity is not None
+        rows.append(
+            _Row(
+                index=event.index,
+                customer_pk=customer.pk,
+                meter_pk=meter.pk,
+                event_id=event.event_id,
+                quantity=quantity,
+                timestamp=event.timestamp,
+                properties_json=event.properties_json,
+                fingerprint=event_parsing.fingerprint(
+                    customer_pk=customer.pk, meter_pk=meter.pk, quantity=quantity, event=event
+                ),
+            )
+        )
+    if errors:
+        raise IngestionRejected(errors)
+    return rows
+
+
+def _store(*, rows: list[_Row], api_key: ApiKey, received_at: datetime) -> IngestionResult:
+    # The first occurrence of a (customer, event id) in the batch is the candidate for
+    # insertion; later ones are judged against it, exactly as if they came in a later request.
+    first: dict[tuple[int, str], _Row] = {}
+    for row in rows:
+        first.setdefault((row.customer_pk, row.event_id), row)
+    # Insert in key order so concurrent batches lock index entries in the same order.
+    candidates = sorted(first.values(), key=lambda r: (r.customer_pk, r.event_id))
+
+    with transaction.atomic():
+        inserted = _insert_ignoring_conflicts(candidates, api_key=api_key, received_at=received_at)
+        missing = [key for key in first if key not in inserted]
+        stored = _stored_fingerprints(missing) if missing else {}
+
+    result = IngestionResult()
+    seen: set[tuple[int, str]] = set()
+    for row in rows:
+        key = (row.customer_pk, row.event_id)
+        result.customer_ids.add(row.customer_pk)
+        if key in inserted and key not in seen:
+            status = ACCEPTED
+        else:
+            reference = first[key].fingerprint if key in inserted else stored[key]
+            status = DUPLICATE if reference == row.fingerprint else CONFLICT
+        seen.add(key)
+        result.statuses.append((row.event_id, status))
+    return result
+
+
+def _insert_ignoring_conflicts(
+    rows: list[_Row], *, api_key: ApiKey, received_at: datetime
+) -> set[tuple[int, str]]:
+    """One INSERT ... ON CONFLICT DO NOTHING for the batch; returns the keys it inserted."""
+    table = UsageEvent._meta.db_table
+    columns = (
+        "customer_id, meter_id, event_id, quantity, timestamp, properties, fingerprint, "
+        "received_at, api_key_id"
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # unnest() of typed arrays: one statement with nine parameters whatever the size.
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) "  # noqa: S608 - table name is ours
+                "SELECT c, m, e, q, t, p, f, %s, %s FROM unnest("
+                "%s::bigint[], %s::bigint[], %s::text[], %s::numeric[], %s::timestamptz[], "
+                "%s::jsonb[], %s::text[]) AS u(c, m, e, q, t, p, f) "
+                "ON CONFLICT (customer_id, event_id) DO NOTHING "
+                "RETURNING customer_id, event_id",
+                [
+                    received_at,
+                    api_key.pk,
+                    [r.customer_pk for r in rows],
+                    [r.meter_pk for r in rows],
+                    [r.event_id for r in rows],
+                    [r.quantity for r in rows],
+                    [r.timestamp for r in rows],
+                    [r.properties_json for r in rows],
+                    [r.fingerprint for r in rows],
+                ],
+            )
+        else:
+            placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+            params: list[Any] = []
+            ops = connection.ops
+            for r in rows:
+                params += [
+                    r.customer_pk,
+                    r.meter_pk,
+                    r.event_id,
+                    ops.adapt_decimalfield_value(r.quantity, 19, 6),
+                    ops.adapt_datetimefield_value(r.timestamp),
+                    r.properties_json,
+                    r.fingerprint,
+                    ops.adapt_datetimefield_value(received_at),
+                    api_key.pk,
+                ]
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {placeholders} "  # noqa: S608
+                "ON CONFLICT (customer_id, event_id) DO NOTHING "
+                "RETURNING customer_id, event_id",
+                params,
+            )
+        return {(customer_pk, event_id) for customer_pk, event_id in cursor.fetchall()}
+
+
+def _stored_fingerprints(keys: list[tuple[int, str]]) -> dict[tuple[int, str], str]:
+    by_customer: dict[int, list[str]] = {}
+    for customer_pk, event_id in keys:
+        by_customer.setdefault(customer_pk, []).append(event_id)
+    condition = Q()
+    for customer_pk, event_ids in by_customer.items():
+        condition |= Q(customer_id=customer_pk, event_id__in=event_ids)
+    return {
+        (customer_pk, event_id): fp
+        for customer_pk, event_id, fp in UsageEvent.objects.filter(condition).values_list(
+            "customer_id", "event_id", "fingerprint"
+        )
+    }
+
+
+# --- Customers ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def upsert_customer(
+    *,
+    external_id: str,
+    name: str | None = None,
+    emails: list[str] | None = None,
+    currency: str | None = None,
+    timezone_name: str | None = None,
+) -> tuple[Customer, bool]:
+    """Create a customer by external id, or update the fields given; returns (customer, created).
+
+    The row is locked while it is updated, so two concurrent provisioning calls serialize.
+    """
+    customer = Customer.objects.select_for_update().filter(external_id=external_id).first()
+    created = customer is None
+    if customer is None:
+        customer = Customer(external_id=external_id, name=name or external_id)
+    if name is not None:
+        customer.name = name
+    if emails is not None:
+        customer.emails = list(dict.fromkeys(emails))
+    if currency is not None:
+        customer.currency = currency
+    if timezone_name is not None:
+        customer.timezone = timezone_name
+    customer.save()
+    return customer, created
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def issue_api_key(*, api_key: ApiKey) -> str:
+    """Give an unsaved key its secret, store only the hash, and return the plaintext once."""
+    new = generate_key()
+    api_key.prefix = new.prefix
+    api_key.key_hash = new.key_hash
+    api_key.save()
+    return new.plaintext
+
+
+def create_api_key(
+    *, name: str, customer: Customer | None = None, expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its plaintext, which is never stored or shown again."""
+    api_key = ApiKey(name=name, customer=customer, expires_at=expires_at)
+    return api_key, issue_api_key(api_key=api_key)
+
+
+@transaction.atomic
+def revoke_api_key(*, api_key: ApiKey, now: datetime | None = None) -> ApiKey:
+    """Revoke a key (idempotent: the first revocation time is kept)."""
+    locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if locked.revoked_at is None:
+        locked.revoked_at = now or timezone.now()
+        locked.save(update_fields=["revoked_at"])
+    return locked

@@ -1,0 +1,179 @@
+"""The agent API of the metering app: thin views that parse, call a service, render."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import connection
+from django.http import JsonResponse
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from metering import event_parsing, selectors, services
+from metering.api_errors import error_body
+from metering.authentication import HasApiKey, IsServiceWideKey
+from metering.serializers import (
+    CustomerInput,
+    CustomerOutput,
+    ErrorOutput,
+    IngestionOutput,
+    MeterOutput,
+)
+
+logger = logging.getLogger(__name__)
+
+_EVENT_EXAMPLE = {
+    "event_id": "run-42-step-7",
+    "customer_id": "acme",
+    "meter": "llm_tokens",
+    "quantity": 1234,
+    "timestamp": "2026-11-26T12:00:00Z",
+    "properties": {"agent_id": "researcher", "model": "small"},
+}
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
+
+
+class IngestEventsView(APIView):
+    """`POST /api/v1/events`: one event, or `{"events": [...]}` with 1 to 1,000 events."""
+
+    permission_classes = [HasApiKey]
+
+    @extend_schema(
+        operation_id="ingest_events",
+        request={"application/json": {"type": "object"}},
+        responses={
+            202: IngestionOutput,
+            400: ErrorOutput,
+            401: ErrorOutput,
+            409: IngestionOutput,
+            413: ErrorOutput,
+            415: ErrorOutput,
+            422: ErrorOutput,
+        },
+        examples=[OpenApiExample("one event", value=_EVENT_EXAMPLE, request_only=True)],
+    )
+    def post(self, request: Request) -> Response:
+        if not _is_json(request.META.get("CONTENT_TYPE", "")):
+            return Response(
+                error_body("Content-Type must be application/json", field="content-type"),
+                status=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            )
+        too_big = Response(
+            error_body(f"body must be at most {settings.BILLING_MAX_BODY_BYTES} bytes"),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if declared > settings.BILLING_MAX_BODY_BYTES:
+            return too_big
+        try:
+            raw = request.body
+        except RequestDataTooBig:
+            return too_big
+        try:
+            body = event_parsing.decode_body(raw)
+            raw_events, is_batch, errors = event_parsing.split_events(body)
+        except event_parsing.BodyError as exc:
+            return Response(error_body(str(exc), field="body"), status=status.HTTP_400_BAD_REQUEST)
+        if errors:
+            return Response(
+                {"errors": [e.as_dict() for e in errors]},
+                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            )
+        try:
+            result = services.record_usage_events(api_key=request.auth, raw_events=raw_events)
+        except services.IngestionRejected as exc:
+            return Response(
+                {"errors": [e.as_dict() for e in exc.errors]},
+                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            )
+        conflicts = result.count(services.CONFLICT)
+        payload = {
+            "accepted": result.count(services.ACCEPTED),
+            "duplicates": result.count(services.DUPLICATE),
+            "conflicts": conflicts,
+            "events": [{"event_id": eid, "status": st} for eid, st in result.statuses],
+        }
+        code = (
+            status.HTTP_409_CONFLICT if (conflicts and not is_batch) else status.HTTP_202_ACCEPTED
+        )
+        return Response(payload, status=code)
+
+
+class CustomersView(APIView):
+    """`POST /api/v1/customers`: create (201) or update (200) a customer by its external id."""
+
+    permission_classes = [IsServiceWideKey]
+
+    @extend_schema(
+        operation_id="upsert_customer",
+        request=CustomerInput,
+        responses={
+            200: CustomerOutput,
+            201: CustomerOutput,
+            401: ErrorOutput,
+            403: ErrorOutput,
+            422: ErrorOutput,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = CustomerInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        customer, created = services.upsert_customer(
+            external_id=data["customer_id"],
+            name=data.get("name"),
+            emails=data.get("emails"),
+            currency=data.get("currency"),
+            timezone_name=data.get("timezone"),
+        )
+        return Response(
+            CustomerOutput(customer).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class MetersView(APIView):
+    """`GET /api/v1/meters`: the active meters."""
+
+    permission_classes = [HasApiKey]
+
+    @extend_schema(operation_id="list_meters", responses={200: MeterOutput(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(MeterOutput(selectors.list_active_meters(), many=True).data)
+
+
+def healthz(request) -> JsonResponse:
+    """Database and broker reachability, for load balancers and the run command."""
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception:  # any failure means "not reachable"; the cause goes to the log
+        logger.exception("health check: database unreachable")
+        checks["database"] = "unreachable"
+    try:
+        from billing_project.celery import app
+
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception:
+        logger.exception("health check: broker unreachable")
+        checks["broker"] = "unreachable"
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503
+    )

@@ -1,0 +1,48 @@
+"""Shared fixtures: a fast password hasher, an API client, customers, meters and keys."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from metering import services
+from tests.factories import CustomerFactory, MeterFactory
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def customer(db):
+    return CustomerFactory(external_id="acme", name="Acme Corp")
+
+
+@pytest.fixture
+def other_customer(db):
+    return CustomerFactory(external_id="globex", name="Globex")
+
+
+@pytest.fixture
+def meters(db):
+    """The three demo meters, keyed by code."""
+    return {
+        "agent_tasks": MeterFactory(code="agent_tasks", unit="task", aggregation="count"),
+        "llm_tokens": MeterFactory(code="llm_tokens", unit="token", aggregation="sum"),
+        "agent_minutes": MeterFactory(code="agent_minutes", unit="minute", aggregation="sum"),
+    }
+
+
+@pytest.fixture
+def service_key(db):
+    """(ApiKey, plaintext) for a service-wide key."""
+    return services.create_api_key(name="service")
+
+
+@pytest.fixture
+def api(service_key):
+    """An API client authenticated with the service-wide key."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {service_key[1]}")
+    return client

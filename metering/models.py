@@ -18,6 +18,7 @@ from metering.currencies import CURRENCY_CHOICES
 
 QUANTITY_MAX_DIGITS = 19  # up to 10^12 with 6 decimal places
 QUANTITY_DECIMAL_PLACES = 6
+TOTAL_QUANTITY = {"max_digits": 28, "decimal_places": 6}  # sums of many events
 
 
 def validate_timezone_name(value: str) -> None:
@@ -157,6 +158,10 @@ class UsageEvent(models.Model):
     api_key = models.ForeignKey(
         ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # The aggregate that billed this event; null until its period (or a later one) closes.
+    aggregate = models.ForeignKey(
+        "UsageAggregate", on_delete=models.PROTECT, null=True, blank=True, related_name="events"
+    )
 
     class Meta:
         constraints = [
@@ -173,6 +178,46 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id}/{self.event_id}"
+
+
+class UsageAggregate(models.Model):
+    """The usage of one customer and meter over a window, billed at one period close.
+
+    `kind=usage`: the events of the closing period itself. `kind=adjustment`: events of an
+    earlier, already-billed window that arrived late. `cumulative_quantity` is the window's
+    aggregated quantity over all its events so far and `quantity` the increase billed now, so
+    an adjustment is rated at the margin (rate(new total) - rate(old total)), never from zero.
+    `billed_through` is the end of the period whose close created it: one close, one aggregate
+    per (customer, meter, window). Each event points to the aggregate that billed it.
+    """
+
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage"
+        ADJUSTMENT = "adjustment", "Prior-period adjustment"
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    billed_through = models.DateTimeField()
+    quantity = models.DecimalField(**TOTAL_QUANTITY)
+    cumulative_quantity = models.DecimalField(**TOTAL_QUANTITY)
+    event_count = models.BigIntegerField()
+    first_event_at = models.DateTimeField(null=True, blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "meter", "window_start", "billed_through"],
+                name="aggregate_one_per_close",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.meter.code} [{self.window_start:%Y-%m-%d %H:%M}]: {self.quantity}"
 
 
 class PortalMembership(models.Model):

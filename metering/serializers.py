@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from decimal import Decimal
+
 from rest_framework import serializers
 
 from metering.currencies import CURRENCIES
@@ -73,3 +75,22 @@ class ErrorItem(serializers.Serializer):
 
 class ErrorOutput(serializers.Serializer):
     errors = ErrorItem(many=True)
+
+
+def decimal_text(value: Decimal) -> str:
+    """An exact decimal as plain text without exponent or trailing zeros: 1500.000000 -> 1500."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+class ExactDecimalField(serializers.Field):
+    """Read-only decimal rendered as an exact string (never a float): "0.000125"."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs["read_only"] = True
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Decimal) -> str:
+        return decimal_text(Decimal(value))

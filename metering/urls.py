@@ -4,6 +4,5 @@ from metering import views
 
 urlpatterns = [
     path("events", views.IngestEventsView.as_view(), name="api-events"),
-    path("customers", views.CustomersView.as_view(), name="api-customers"),
     path("meters", views.MetersView.as_view(), name="api-meters"),
 ]

@@ -16,14 +16,8 @@ from rest_framework.views import APIView
 
 from metering import event_parsing, selectors, services
 from metering.api_errors import error_body
-from metering.authentication import HasApiKey, IsServiceWideKey
-from metering.serializers import (
-    CustomerInput,
-    CustomerOutput,
-    ErrorOutput,
-    IngestionOutput,
-    MeterOutput,
-)
+from metering.authentication import HasApiKey
+from metering.serializers import ErrorOutput, IngestionOutput, MeterOutput
 
 logger = logging.getLogger(__name__)
 
@@ -109,39 +103,6 @@ class IngestEventsView(APIView):
             status.HTTP_409_CONFLICT if (conflicts and not is_batch) else status.HTTP_202_ACCEPTED
         )
         return Response(payload, status=code)
-
-
-class CustomersView(APIView):
-    """`POST /api/v1/customers`: create (201) or update (200) a customer by its external id."""
-
-    permission_classes = [IsServiceWideKey]
-
-    @extend_schema(
-        operation_id="upsert_customer",
-        request=CustomerInput,
-        responses={
-            200: CustomerOutput,
-            201: CustomerOutput,
-            401: ErrorOutput,
-            403: ErrorOutput,
-            422: ErrorOutput,
-        },
-    )
-    def post(self, request: Request) -> Response:
-        serializer = CustomerInput(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        customer, created = services.upsert_customer(
-            external_id=data["customer_id"],
-            name=data.get("name"),
-            emails=data.get("emails"),
-            currency=data.get("currency"),
-            timezone_name=data.get("timezone"),
-        )
-        return Response(
-            CustomerOutput(customer).data,
-            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
-        )
 
 
 class MetersView(APIView):

@@ -1,7 +1,8 @@
 """Create the Finance group with the permissions finance staff need in the admin."""
 
-from django.contrib.auth.management import create_permissions
 from django.db import migrations
+
+from billing_project.migration_utils import grant_group_permissions
 
 FINANCE_PERMISSIONS = {
     "metering": [
@@ -15,24 +16,8 @@ FINANCE_PERMISSIONS = {
 }
 
 
-def _ensure_permissions(apps) -> None:
-    # Permissions are normally created after migrate; create them now so the group can use them.
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-
-
 def create_finance_group(apps, schema_editor) -> None:
-    _ensure_permissions(apps)
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    group, _ = Group.objects.get_or_create(name="Finance")
-    for app_label, codenames in FINANCE_PERMISSIONS.items():
-        perms = Permission.objects.filter(
-            content_type__app_label=app_label, codename__in=codenames
-        )
-        group.permissions.add(*perms)
+    grant_group_permissions(apps, "Finance", FINANCE_PERMISSIONS)
 
 
 class Migration(migrations.Migration):

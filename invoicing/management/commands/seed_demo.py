@@ -7,6 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from invoicing.demo import seed_invoicing_demo
 from metering.demo import seed_metering_demo
 
 
@@ -24,7 +25,10 @@ class Command(BaseCommand):
         if settings.PRODUCTION:
             raise CommandError("seed_demo creates known passwords; it does not run in production")
         logins = seed_metering_demo(key_file=Path(key_file))
+        subscribed = seed_invoicing_demo()
         self.stdout.write("Demo data ready.")
+        for line in subscribed:
+            self.stdout.write(f"  {line}")
         self.stdout.write(f"  Finance staff (admin): {logins.finance} / {logins.password}")
         for login in logins.portal:
             self.stdout.write(f"  Customer portal login: {login} / {logins.password}")

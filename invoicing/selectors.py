@@ -1,0 +1,82 @@
+"""Reads of the invoicing app: current usage rated like the invoice, invoices, traceability."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import QuerySet
+
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine
+from invoicing.pricing import LineDraft, plan_price_specs, usage_line
+from metering import aggregation
+from metering.models import Customer, Meter, UsageEvent
+
+
+@dataclass
+class UsagePreview:
+    """The current period so far, with lines drafted exactly as the close will draft them."""
+
+    customer: Customer
+    period: BillingPeriod
+    lines: list[LineDraft]
+
+    @property
+    def total_minor(self) -> int:
+        return sum(line.amount_minor for line in self.lines)
+
+    @property
+    def currency(self) -> str:
+        return self.period.plan.currency
+
+
+def preview_period_usage(*, period: BillingPeriod) -> UsagePreview:
+    """Rate a period's usage so far with the one rating engine (priced meters always shown)."""
+    meters = {m.pk: m for m in Meter.objects.all()}
+    specs = plan_price_specs(period.plan)
+    usage = aggregation.summarize_window(
+        customer_id=period.customer_id, start=period.start, end=period.end, meters=meters
+    )
+    meter_ids = sorted(set(specs) | set(usage), key=lambda pk: meters[pk].code)
+    lines = [
+        usage_line(
+            meter=meters[pk],
+            spec=specs.get(pk),
+            quantity=usage[pk].quantity if pk in usage else Decimal(0),
+        )
+        for pk in meter_ids
+    ]
+    return UsagePreview(customer=period.customer, period=period, lines=lines)
+
+
+def list_customer_invoices(*, customer: Customer) -> QuerySet[Invoice]:
+    """Newest first, with lines and their meters, in three queries."""
+    return (
+        Invoice.objects.filter(customer=customer)
+        .select_related("period")
+        .prefetch_related("lines__meter")
+        .order_by("-period__start", "-pk")
+    )
+
+
+def line_for_event(*, event: UsageEvent) -> InvoiceLine | None:
+    """The invoice line that billed an event (one query), or None while it is unbilled."""
+    if event.aggregate_id is None:
+        return None
+    return (
+        InvoiceLine.objects.select_related("invoice")
+        .filter(aggregate_id=event.aggregate_id)
+        .first()
+    )
+
+
+def events_for_line(*, line: InvoiceLine) -> QuerySet[UsageEvent]:
+    """The events a line billed (one query; empty for cap credits and zero lines)."""
+    if line.aggregate_id is None:
+        return UsageEvent.objects.none()
+    return UsageEvent.objects.filter(aggregate_id=line.aggregate_id).order_by("timestamp", "pk")
+
+
+def period_for(*, customer: Customer, at: datetime) -> BillingPeriod | None:
+    return BillingPeriod.objects.filter(customer=customer, start__lte=at, end__gt=at).first()

@@ -1,0 +1,35 @@
+"""The append-only audit log: every period close, invoice transition and finance action."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+
+from invoicing.models import AuditEntry
+
+SYSTEM = "system"
+
+
+def record_audit(
+    *,
+    action: str,
+    obj: models.Model,
+    user: Any = None,
+    customer_external_id: str = "",
+    data: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append one entry; `user` is a Django user or None for the system (beat, worker, API)."""
+
+    clean = json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder))
+    return AuditEntry.objects.create(
+        action=action,
+        actor_id=getattr(user, "pk", None),
+        actor=getattr(user, "username", None) or SYSTEM,
+        object_type=obj._meta.label_lower,
+        object_id=str(obj.pk),
+        customer_external_id=customer_external_id,
+        data=clean,
+    )

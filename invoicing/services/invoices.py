@@ -1,0 +1,126 @@
+"""Invoice transitions: draft -> finalized -> paid | void | uncollectible, with gapless numbers.
+
+Only a draft changes its lines; each transition is checked against ALLOWED, made under a row
+lock, and written to the audit log with who made it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from invoicing.models import Invoice, InvoiceNumberSequence
+from invoicing.services.audit import record_audit
+
+logger = logging.getLogger(__name__)
+
+S = Invoice.Status
+ALLOWED: dict[str, set[str]] = {
+    S.DRAFT: {S.FINALIZED},
+    S.FINALIZED: {S.PAID, S.VOID, S.UNCOLLECTIBLE},
+    S.UNCOLLECTIBLE: {S.PAID, S.VOID},
+    S.PAID: set(),
+    S.VOID: set(),
+}
+
+
+class TransitionNotAllowed(Exception):
+    """The invoice is not in a state that allows the requested change."""
+
+
+def _next_number(year: int) -> str:
+    """Take the next number of the year under the sequence row's lock: gapless, because the
+    increment commits or rolls back with the invoice that uses it."""
+    try:
+        with transaction.atomic():
+            InvoiceNumberSequence.objects.get_or_create(year=year)
+    except IntegrityError:
+        pass  # created concurrently; the lock below serializes us behind it
+    sequence = InvoiceNumberSequence.objects.select_for_update().get(year=year)
+    sequence.last_number = F("last_number") + 1
+    sequence.save(update_fields=["last_number"])
+    sequence.refresh_from_db(fields=["last_number"])
+    return f"INV-{year}-{sequence.last_number:06d}"
+
+
+def _transition(
+    *, invoice_id: int, to: str, now: datetime, user: object, data: dict | None = None
+) -> Invoice:
+    invoice = Invoice.objects.select_for_update().select_related("customer").get(pk=invoice_id)
+    if invoice.status == to:
+        return invoice  # idempotent: a retry of the same transition changes nothing
+    if to not in ALLOWED[invoice.status]:
+        raise TransitionNotAllowed(f"invoice {invoice} is {invoice.status}; cannot become {to}")
+    before = invoice.status
+    invoice.status = to
+    fields = ["status", "updated_at"]
+    if to == S.FINALIZED:
+        invoice.number = _next_number(now.year)
+        invoice.finalized_at = now
+        fields += ["number", "finalized_at"]
+    elif to == S.PAID:
+        invoice.paid_at = now
+        fields.append("paid_at")
+    elif to == S.VOID:
+        invoice.voided_at = now
+        invoice.void_reason = (data or {}).get("reason", "")
+        fields += ["voided_at", "void_reason"]
+    invoice.save(update_fields=fields)
+    record_audit(
+        action=f"invoice.{to}",
+        obj=invoice,
+        user=user,
+        customer_external_id=invoice.customer.external_id,
+        data={
+            "from": before,
+            "to": to,
+            "number": invoice.number,
+            "period_id": invoice.period_id,
+            "total_minor": invoice.total_minor,
+            **(data or {}),
+        },
+    )
+    return invoice
+
+
+@transaction.atomic
+def finalize_invoice(*, invoice_id: int, now: datetime, user: object = None) -> Invoice:
+    """Number a draft and make it final; the billing backend charges it after commit."""
+    invoice = _transition(invoice_id=invoice_id, to=S.FINALIZED, now=now, user=user)
+    return invoice
+
+
+@transaction.atomic
+def void_invoice(*, invoice_id: int, reason: str, now: datetime, user: object = None) -> Invoice:
+    if not reason.strip():
+        raise TransitionNotAllowed("a reason is required to void an invoice")
+    return _transition(
+        invoice_id=invoice_id, to=S.VOID, now=now, user=user, data={"reason": reason.strip()}
+    )
+
+
+@transaction.atomic
+def mark_invoice_paid(*, invoice_id: int, now: datetime, user: object = None) -> Invoice:
+    return _transition(invoice_id=invoice_id, to=S.PAID, now=now, user=user)
+
+
+@transaction.atomic
+def mark_invoice_uncollectible(*, invoice_id: int, now: datetime, user: object = None) -> Invoice:
+    return _transition(invoice_id=invoice_id, to=S.UNCOLLECTIBLE, now=now, user=user)
+
+
+def finalize_due_invoices(*, now: datetime) -> list[int]:
+    """Finalize every draft whose review period has passed; one failure stops no other."""
+    finalized: list[int] = []
+    due = Invoice.objects.filter(status=S.DRAFT, finalize_after__lte=now).order_by("pk")
+    for invoice_id in list(due.values_list("pk", flat=True)):
+        try:
+            finalize_invoice(invoice_id=invoice_id, now=now)
+        except Exception:
+            logger.exception("finalizing invoice %s failed", invoice_id)
+            continue
+        finalized.append(invoice_id)
+    return finalized

@@ -1,0 +1,150 @@
+"""Reconciliation: unique events == aggregates == invoice lines (+ adjustments) == invoices.
+
+Each check recomputes a figure from its source and compares it with what was stored; every
+difference is reported as one line of text. An empty report means the books agree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+
+from django.db.models import Count, Sum
+
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine
+from invoicing.pricing import plan_price_specs
+from invoicing.rating import rate
+from metering import aggregation
+from metering.models import Meter, UsageAggregate, UsageEvent
+
+
+def reconcile() -> list[str]:
+    """Return every difference found; [] when events, aggregates, lines and invoices agree."""
+    problems: list[str] = []
+    problems += _aggregates_match_events()
+    problems += _lines_match_aggregates()
+    problems += _invoices_match_lines()
+    problems += _periods_have_one_invoice()
+    problems += _no_event_left_behind()
+    return problems
+
+
+def _aggregates_match_events() -> list[str]:
+    problems: list[str] = []
+    stamped = dict(
+        UsageEvent.objects.filter(aggregate__isnull=False)
+        .values("aggregate_id")
+        .annotate(n=Count("id"))
+        .values_list("aggregate_id", "n")
+    )
+    windows: dict[tuple[int, int, object], list[UsageAggregate]] = defaultdict(list)
+    for agg in UsageAggregate.objects.order_by("billed_through"):
+        if stamped.get(agg.pk, 0) != agg.event_count:
+            problems.append(
+                f"aggregate {agg.pk}: records {agg.event_count} events, "
+                f"{stamped.get(agg.pk, 0)} events point to it"
+            )
+        windows[(agg.customer_id, agg.meter_id, agg.window_start)].append(agg)
+    meters = {m.pk: m for m in Meter.objects.all()}
+    for (customer_id, meter_id, _), chain in windows.items():
+        total = sum((a.quantity for a in chain), Decimal(0))
+        last = chain[-1]
+        if total != last.cumulative_quantity:
+            problems.append(
+                f"aggregates of customer {customer_id} meter {meters[meter_id].code} window "
+                f"{last.window_start:%Y-%m-%d %H:%M}: increments sum to {total}, "
+                f"cumulative is {last.cumulative_quantity}"
+            )
+        recomputed = aggregation.summarize_window(
+            customer_id=customer_id,
+            start=last.window_start,
+            end=last.window_end,
+            meters=meters,
+            billed_only=True,
+        ).get(meter_id)
+        quantity = recomputed.quantity if recomputed else Decimal(0)
+        if quantity != last.cumulative_quantity:
+            problems.append(
+                f"aggregate {last.pk} ({meters[meter_id].code}): billed {last.cumulative_quantity},"
+                f" its events sum to {quantity}"
+            )
+    return problems
+
+
+def _lines_match_aggregates() -> list[str]:
+    problems: list[str] = []
+    specs_by_plan: dict[int, dict] = {}
+    lines = InvoiceLine.objects.select_related(
+        "aggregate", "invoice__period__plan", "source_period__plan", "meter"
+    ).exclude(kind=InvoiceLine.Kind.CAP_CREDIT)
+    for line in lines:
+        agg = line.aggregate
+        if agg is None:
+            problems.append(f"line {line.pk} ({line.kind}) bills no aggregate")
+            continue
+        expected_quantity = agg.cumulative_quantity if line.kind == "usage" else agg.quantity
+        if line.quantity != expected_quantity:
+            problems.append(
+                f"line {line.pk}: quantity {line.quantity} != aggregate {agg.pk}'s "
+                f"{expected_quantity}"
+            )
+        plan = (line.source_period or line.invoice.period).plan
+        if line.kind == "adjustment" and line.source_period is None:
+            plan = line.invoice.period.plan
+        specs = specs_by_plan.setdefault(plan.pk, plan_price_specs(plan))
+        spec = specs.get(agg.meter_id)
+        if spec is None:
+            expected = 0
+        elif line.kind == "usage":
+            expected = rate(spec, agg.cumulative_quantity)
+        else:
+            previous = agg.cumulative_quantity - agg.quantity
+            expected = rate(spec, agg.cumulative_quantity) - rate(spec, previous)
+        if line.amount_minor != expected:
+            problems.append(
+                f"line {line.pk} ({line.meter.code if line.meter else '-'}): amount "
+                f"{line.amount_minor} != {expected} rated from its aggregate"
+            )
+    return problems
+
+
+def _invoices_match_lines() -> list[str]:
+    problems: list[str] = []
+    sums = dict(
+        InvoiceLine.objects.values("invoice_id")
+        .annotate(total=Sum("amount_minor"))
+        .values_list("invoice_id", "total")
+    )
+    for invoice_id, number, total in Invoice.objects.values_list("pk", "number", "total_minor"):
+        if sums.get(invoice_id, 0) != total:
+            problems.append(
+                f"invoice {number or invoice_id}: total {total} != sum of lines "
+                f"{sums.get(invoice_id, 0)}"
+            )
+    return problems
+
+
+def _periods_have_one_invoice() -> list[str]:
+    missing = BillingPeriod.objects.filter(
+        status=BillingPeriod.Status.CLOSED, invoice__isnull=True
+    ).values_list("pk", flat=True)
+    return [f"closed period {pk} has no invoice" for pk in missing]
+
+
+def _no_event_left_behind() -> list[str]:
+    """An event in a closed period that arrived before the close must have been billed."""
+    problems: list[str] = []
+    for period in BillingPeriod.objects.filter(status=BillingPeriod.Status.CLOSED):
+        missed = UsageEvent.objects.filter(
+            customer_id=period.customer_id,
+            timestamp__gte=period.start,
+            timestamp__lt=period.end,
+            received_at__lt=period.closed_at,
+            aggregate__isnull=True,
+        ).count()
+        if missed:
+            problems.append(
+                f"period {period.pk} ({period}): {missed} event(s) received before its close "
+                "were never billed"
+            )
+    return problems

@@ -1,0 +1,21 @@
+"""Celery tasks of invoicing: thin wrappers that select what is due and call services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.utils import timezone
+
+from invoicing.services import closing, invoices
+
+
+@shared_task(name="invoicing.close_due_periods", ignore_result=True)
+def close_due_periods() -> dict[str, int]:
+    """Every minute (beat): open new periods, close due ones, finalize reviewed drafts.
+
+    It selects what is due at each run, so a missed run is caught up by the next one, and
+    every step is idempotent, so a redelivered task changes nothing.
+    """
+    now = timezone.now()
+    report = closing.close_due_periods(now=now)
+    finalized = invoices.finalize_due_invoices(now=now)
+    return {"closed": len(report.closed), "failed": len(report.failed), "finalized": len(finalized)}

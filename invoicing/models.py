@@ -167,6 +167,8 @@ class Invoice(models.Model):
     currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
     total_minor = models.BigIntegerField(default=0)
     finalize_after = models.DateTimeField(help_text="End of the review period.")
+    # Set when the itemized usage summary was sent; finalization waits for it.
+    summary_sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finalized_at = models.DateTimeField(null=True, blank=True)
     paid_at = models.DateTimeField(null=True, blank=True)

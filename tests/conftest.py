@@ -14,6 +14,17 @@ def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _eager_celery():
+    """Unit tests run tasks in-process; the end-to-end tests start a real worker instead."""
+    from billing_project.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager = False
+
+
 @pytest.fixture
 def customer(db):
     return CustomerFactory(external_id="acme", name="Acme Corp")

@@ -90,6 +90,9 @@ def _transition(
 def finalize_invoice(*, invoice_id: int, now: datetime, user: object = None) -> Invoice:
     """Number a draft and make it final; the billing backend charges it after commit."""
     invoice = _transition(invoice_id=invoice_id, to=S.FINALIZED, now=now, user=user)
+    from invoicing.tasks import deliver_invoice
+
+    deliver_invoice.delay_on_commit(invoice.pk)
     return invoice
 
 

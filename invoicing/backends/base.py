@@ -1,0 +1,19 @@
+"""The interface every billing backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from invoicing.models import Invoice
+
+
+class BillingBackend(ABC):
+    name: str
+
+    @abstractmethod
+    def deliver_invoice(self, invoice: Invoice) -> None:
+        """Hand a finalized invoice over for charging; idempotent, called outside transactions."""
+
+    def reconcile(self) -> list[str]:
+        """Differences between our invoices/usage and what the backend holds ([] if none)."""
+        return []

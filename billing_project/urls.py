@@ -8,6 +8,7 @@ from metering.views import healthz
 
 urlpatterns = [
     path("api/v1/", include("metering.urls")),
+    path("api/v1/", include("notifications.urls")),
     path("api/v1/", include("invoicing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

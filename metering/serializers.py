@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from metering.currencies import CURRENCIES
@@ -60,11 +60,17 @@ class EventStatusOutput(serializers.Serializer):
     status = serializers.ChoiceField(choices=["accepted", "duplicate", "conflict"])
 
 
+class CustomerStatusOutput(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["active", "warning", "paused"])
+    remaining_minor = serializers.IntegerField(allow_null=True)
+
+
 class IngestionOutput(serializers.Serializer):
     accepted = serializers.IntegerField()
     duplicates = serializers.IntegerField()
     conflicts = serializers.IntegerField()
     events = EventStatusOutput(many=True)
+    customers = serializers.DictField(child=CustomerStatusOutput())
 
 
 class ErrorItem(serializers.Serializer):

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from metering import event_parsing, selectors, services
+from metering import event_parsing, hooks, selectors, services
 from metering.api_errors import error_body
 from metering.authentication import HasApiKey
 from metering.serializers import ErrorOutput, IngestionOutput, MeterOutput
@@ -29,6 +29,16 @@ _EVENT_EXAMPLE = {
     "timestamp": "2026-11-26T12:00:00Z",
     "properties": {"agent_id": "researcher", "model": "small"},
 }
+
+
+def _customer_statuses(customer_ids: set[int]) -> dict[str, dict]:
+    """Budget status per customer after the batch committed. The events are stored whatever
+    happens here, so a failing check is logged and reported as unknown, never as a 500."""
+    try:
+        return hooks.after_ingest(customer_ids=customer_ids)
+    except Exception:
+        logger.exception("budget check after ingestion failed")
+        return {}
 
 
 def _is_json(content_type: str) -> bool:
@@ -98,6 +108,7 @@ class IngestEventsView(APIView):
             "duplicates": result.count(services.DUPLICATE),
             "conflicts": conflicts,
             "events": [{"event_id": eid, "status": st} for eid, st in result.statuses],
+            "customers": _customer_statuses(result.customer_ids),
         }
         code = (
             status.HTTP_409_CONFLICT if (conflicts and not is_batch) else status.HTTP_202_ACCEPTED

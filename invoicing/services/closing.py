@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine, PricePlan
 from invoicing.pricing import LineDraft, adjustment_line, plan_price_specs, usage_line
-from invoicing.services import subscriptions
+from invoicing.services import budgets, subscriptions
 from invoicing.services.audit import record_audit
 from metering import aggregation
 from metering.models import Meter, UsageAggregate, UsageEvent
@@ -142,8 +143,46 @@ def _bill_usage(period: BillingPeriod) -> list[LineDraft]:
         )
         line.aggregate_id = aggregate.pk
         lines.append(line)
+    lines.extend(_cap_credit(period, lines, label="this period"))
     lines.extend(_bill_late_usage(period, meters))
     return lines
+
+
+def _cap_credit(
+    period: BillingPeriod, new_lines: list[LineDraft], *, label: str
+) -> list[LineDraft]:
+    """A cap credit line for `period` when what it bills would exceed an unacknowledged cap.
+
+    What a period bills over all invoices is min(uncapped usage, cap). `new_lines` are this
+    close's usage or adjustment lines for the period; what earlier invoices billed for it
+    (usage, adjustments and credits) is counted, so late usage beyond the cap is offset too.
+    """
+    cap = budgets.cap_for_period(customer_id=period.customer_id, period_start=period.start)
+    if cap is None:
+        return []
+    earlier = InvoiceLine.objects.filter(
+        Q(invoice__period=period, source_period__isnull=True) | Q(source_period=period)
+    )
+    earlier_uncapped = sum(
+        earlier.exclude(kind=InvoiceLine.Kind.CAP_CREDIT).values_list("amount_minor", flat=True)
+    )
+    earlier_net = sum(earlier.values_list("amount_minor", flat=True))
+    new_amount = sum(line.amount_minor for line in new_lines)
+    capped_total = min(earlier_uncapped + new_amount, cap)
+    credit = capped_total - earlier_net - new_amount  # <= 0
+    if credit >= 0:
+        return []
+    return [
+        LineDraft(
+            kind=InvoiceLine.Kind.CAP_CREDIT,
+            meter=None,
+            description=f"Budget cap credit ({label}): usage beyond the cap is not charged",
+            quantity=Decimal(0),
+            amount_minor=credit,
+            pricing={"cap_minor": cap, "uncapped_minor": earlier_uncapped + new_amount},
+            source_period_id=period.pk,
+        )
+    ]
 
 
 def _bill_late_usage(period: BillingPeriod, meters: dict[int, Meter]) -> list[LineDraft]:
@@ -180,6 +219,7 @@ def _bill_late_usage(period: BillingPeriod, meters: dict[int, Meter]) -> list[Li
 
     lines: list[LineDraft] = []
     for start, end, source, plan in windows:
+        window_lines: list[LineDraft] = []
         specs = plan_price_specs(plan)
         label = (
             f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
@@ -202,7 +242,10 @@ def _bill_late_usage(period: BillingPeriod, meters: dict[int, Meter]) -> list[Li
             )
             line.aggregate_id = aggregate.pk
             line.source_period_id = source.pk if source is not None else None
-            lines.append(line)
+            window_lines.append(line)
+        lines.extend(window_lines)
+        if source is not None:
+            lines.extend(_cap_credit(source, window_lines, label=label))
     return lines
 
 

@@ -115,10 +115,29 @@ def mark_invoice_uncollectible(*, invoice_id: int, now: datetime, user: object =
     return _transition(invoice_id=invoice_id, to=S.UNCOLLECTIBLE, now=now, user=user)
 
 
+@transaction.atomic
+def mark_summary_sent(*, invoice_id: int, at: datetime) -> None:
+    """Record that the customer got the itemized summary: finalization may now proceed."""
+    updated = Invoice.objects.filter(pk=invoice_id, summary_sent_at__isnull=True).update(
+        summary_sent_at=at
+    )
+    if updated:
+        invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)
+        record_audit(
+            action="invoice.summary_sent",
+            obj=invoice,
+            customer_external_id=invoice.customer.external_id,
+            data={"period_id": invoice.period_id, "total_minor": invoice.total_minor},
+        )
+
+
 def finalize_due_invoices(*, now: datetime) -> list[int]:
-    """Finalize every draft whose review period has passed; one failure stops no other."""
+    """Finalize every draft whose summary was sent and whose review period has passed; one
+    failure stops no other."""
     finalized: list[int] = []
-    due = Invoice.objects.filter(status=S.DRAFT, finalize_after__lte=now).order_by("pk")
+    due = Invoice.objects.filter(
+        status=S.DRAFT, finalize_after__lte=now, summary_sent_at__isnull=False
+    ).order_by("pk")
     for invoice_id in list(due.values_list("pk", flat=True)):
         try:
             finalize_invoice(invoice_id=invoice_id, now=now)

@@ -16,6 +16,7 @@ from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine
 from invoicing.services import closing, invoices
 from invoicing.services.reconcile import reconcile
 from metering.models import UsageAggregate, UsageEvent
+from notifications import services as notification_services
 from tests.invoicing.conftest import T0
 
 pytestmark = pytest.mark.django_db
@@ -177,8 +178,15 @@ def test_late_event_becomes_one_adjustment_line_rated_at_the_margin(subscribed, 
 
 
 @override_settings(**GRACE)
-def test_finalize_after_review_numbers_gaplessly(subscribed, record):
+def test_finalize_waits_for_summary_and_review_then_numbers_gaplessly(
+    subscribed, record, django_capture_on_commit_callbacks, mailoutbox
+):
     closing.close_due_periods(now=T0 + 2 * H + timedelta(minutes=10))
+    # the review period has passed but no summary was sent: nothing is finalized
+    assert invoices.finalize_due_invoices(now=T0 + 3 * H) == []
+    with django_capture_on_commit_callbacks(execute=True):
+        assert notification_services.queue_usage_summaries() == 2
+    assert len(mailoutbox) == 2
     assert invoices.finalize_due_invoices(now=T0 + 2 * H + timedelta(minutes=11)) == []
     done = invoices.finalize_due_invoices(now=T0 + 3 * H)
     assert len(done) == 2

@@ -31,6 +31,7 @@ def test_single_event_is_accepted_then_duplicate(api, customer, meters):
         "duplicates": 0,
         "conflicts": 0,
         "events": [{"event_id": "evt-1", "status": "accepted"}],
+        "customers": {"acme": {"status": "active", "remaining_minor": None}},
     }
     again = api.post("/api/v1/events", _event(), format="json")
     assert again.json()["events"] == [{"event_id": "evt-1", "status": "duplicate"}]

@@ -1,0 +1,26 @@
+"""One extension point: what apps above metering do after an ingested batch commits.
+
+metering must not import invoicing or notifications, yet the ingestion response carries each
+customer's budget status and a batch must trigger a cap check. notifications registers its
+function here when Django starts (NotificationsConfig.ready); without it, every customer reads
+as active.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+AfterIngest = Callable[..., dict[str, dict]]
+_after_ingest: AfterIngest | None = None
+
+
+def register_after_ingest(function: AfterIngest) -> None:
+    global _after_ingest
+    _after_ingest = function
+
+
+def after_ingest(*, customer_ids: set[int]) -> dict[str, dict]:
+    """Run the registered check for the batch's customers; their statuses by external id."""
+    if _after_ingest is None:
+        return {}
+    return _after_ingest(customer_ids=customer_ids)

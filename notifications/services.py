@@ -1,0 +1,499 @@
+"""Telling people: usage summaries before charging, budget alerts, finance notices, and the
+operator's agent-platform webhook. Every message is an outbox row first (unique key), then
+sent by a task after commit, so a retry or a second worker never sends it twice."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from invoicing.models import Invoice
+from invoicing.services import budgets
+from invoicing.services import invoices as invoice_services
+from metering.currencies import format_minor
+from metering.models import BudgetCap, Customer
+from metering.serializers import decimal_text
+from notifications.models import Notification, OperatorWebhook
+
+logger = logging.getLogger(__name__)
+N = Notification
+
+
+# --- The outbox ----------------------------------------------------------------------------
+
+
+def queue_notification(
+    *,
+    key: str,
+    kind: str,
+    recipients: list[str],
+    subject: str,
+    context: dict[str, Any],
+    customer: Customer | None = None,
+    invoice_id: int | None = None,
+    period_start: datetime | None = None,
+) -> Notification:
+    """Record a message once (by key) and send it after the transaction commits."""
+    notification, created = Notification.objects.get_or_create(
+        key=key,
+        defaults={
+            "kind": kind,
+            "customer": customer,
+            "recipients": sorted(set(recipients)),
+            "subject": subject,
+            "context": json.loads(json.dumps(context, default=str)),
+            "invoice_id": invoice_id,
+            "period_start": period_start,
+        },
+    )
+    if created:
+        from notifications.tasks import send_notification
+
+        send_notification.delay_on_commit(notification.pk)
+    return notification
+
+
+def _claim(notification_id: int) -> Notification | None:
+    """Take a pending message for sending; None if someone else has or it is done."""
+    claimed = Notification.objects.filter(pk=notification_id, status=N.Status.PENDING).update(
+        status=N.Status.SENDING, updated_at=timezone.now()
+    )
+    return Notification.objects.get(pk=notification_id) if claimed else None
+
+
+def send_notification(*, notification_id: int) -> Notification:
+    """Render and send a pending message (HTML and plain text); never twice.
+
+    The row is claimed (pending -> sending) in its own statement before the provider is
+    called, outside any transaction; a worker that crashes mid-send leaves it `sending`, and
+    finance staff resend it from the admin rather than it being sent twice automatically.
+    """
+    notification = _claim(notification_id)
+    if notification is None:
+        return Notification.objects.get(pk=notification_id)
+    if not notification.recipients:
+        Notification.objects.filter(pk=notification.pk).update(status=N.Status.SKIPPED)
+        _after_sent(notification, at=timezone.now())
+        notification.refresh_from_db()
+        return notification
+    template = f"emails/{notification.kind}"
+    context = {**notification.context, "subject": notification.subject}
+    message = EmailMultiAlternatives(
+        subject=notification.subject,
+        body=render_to_string(f"{template}.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=notification.recipients,
+    )
+    message.attach_alternative(render_to_string(f"{template}.html", context), "text/html")
+    message.extra_headers["X-Billing-Notification"] = notification.key
+    try:
+        message.send()
+    except Exception as exc:  # the provider refused: record it, let the task retry
+        Notification.objects.filter(pk=notification.pk).update(
+            status=N.Status.PENDING,
+            attempts=notification.attempts + 1,
+            last_error=f"{type(exc).__name__}: {exc}"[:2000],
+        )
+        raise
+    status = getattr(message, "anymail_status", None)
+    message_id = (getattr(status, "message_id", None) or "") if status else ""
+    now = timezone.now()
+    Notification.objects.filter(pk=notification.pk).update(
+        status=N.Status.SENT,
+        attempts=notification.attempts + 1,
+        provider_message_id=str(message_id)[:200],
+        sent_at=now,
+        last_error="",
+    )
+    _after_sent(notification, at=now)
+    notification.refresh_from_db()
+    return notification
+
+
+def _after_sent(notification: Notification, *, at: datetime) -> None:
+    if notification.kind == N.Kind.USAGE_SUMMARY and notification.invoice_id:
+        invoice_services.mark_summary_sent(invoice_id=notification.invoice_id, at=at)
+
+
+def resend_notification(*, notification: Notification, user: object = None) -> Notification:
+    """Finance staff: send a message again as a new outbox row (the old one stays)."""
+    count = Notification.objects.filter(key__startswith=f"{notification.key}:resend:").count()
+    return queue_notification(
+        key=f"{notification.key}:resend:{count + 1}",
+        kind=notification.kind,
+        recipients=list(notification.recipients),
+        subject=notification.subject,
+        context=notification.context,
+        customer=notification.customer,
+        invoice_id=notification.invoice_id,
+        period_start=notification.period_start,
+    )
+
+
+# --- Usage summaries -----------------------------------------------------------------------
+
+
+def summary_context(invoice: Invoice) -> dict[str, Any]:
+    """What the summary shows: each line as the invoice has it, totals, when it is charged."""
+    currency = invoice.currency
+    lines = []
+    for line in invoice.lines.select_related("meter", "source_period").order_by("position"):
+        lines.append(
+            {
+                "kind": line.kind,
+                "meter": line.meter.code if line.meter else "",
+                "description": line.description,
+                "quantity": decimal_text(line.quantity),
+                "unit": line.meter.unit if line.meter else "",
+                "pricing": describe_price(line.pricing, currency),
+                "amount": format_minor(line.amount_minor, currency),
+                "amount_minor": line.amount_minor,
+            }
+        )
+    base = settings.PORTAL_BASE_URL.rstrip("/")
+    return {
+        "customer_name": invoice.customer.name,
+        "customer_id": invoice.customer.external_id,
+        "period_start": invoice.period.start.isoformat(),
+        "period_end": invoice.period.end.isoformat(),
+        "timezone": invoice.customer.timezone,
+        "currency": currency,
+        "lines": lines,
+        "total": format_minor(invoice.total_minor, currency),
+        "total_minor": invoice.total_minor,
+        "charge_after": invoice.finalize_after.isoformat(),
+        "portal_url": f"{base}/portal/invoices/{invoice.pk}/",
+    }
+
+
+def describe_price(pricing: dict[str, Any], currency: str) -> str:
+    """One line of text for how a line was priced, from the line's pricing record."""
+    model = pricing.get("model")
+    if model is None:
+        if "cap_minor" in pricing:
+            return f"cap {format_minor(pricing['cap_minor'], currency)}"
+        return "not priced"
+    parts = []
+    if model == "per_unit":
+        parts.append(f"{pricing['unit_amount_minor']} minor units per unit")
+    elif model == "package":
+        parts.append(
+            f"{format_minor(pricing['package_amount_minor'], currency)} per "
+            f"{decimal_text(_dec(pricing['package_size']))} units"
+        )
+    else:
+        for portion in pricing.get("portions", []):
+            parts.append(
+                f"tier {portion['tier']}: {decimal_text(_dec(portion['quantity']))} x "
+                f"{portion['unit_amount_minor']}"
+                + (
+                    f" + {portion['flat_amount_minor']} flat"
+                    if portion["flat_amount_minor"]
+                    else ""
+                )
+            )
+        parts = parts or [f"{model} tiers"]
+    if _dec(pricing.get("included_quantity") or "0") > 0:
+        parts.append(f"{decimal_text(_dec(pricing['included_quantity']))} included")
+    if pricing.get("minimum_applied"):
+        parts.append(f"minimum {format_minor(pricing['minimum_minor'], currency)} applied")
+    return "; ".join(parts)
+
+
+def _dec(value: object) -> Decimal:
+    return Decimal(str(value))
+
+
+def queue_usage_summaries() -> int:
+    """Queue the summary of every draft invoice that has none yet (beat, every minute)."""
+    count = 0
+    drafts = Invoice.objects.filter(
+        status=Invoice.Status.DRAFT, summary_sent_at__isnull=True
+    ).select_related("customer", "period")
+    for invoice in drafts.order_by("pk"):
+        with transaction.atomic():
+            queue_notification(
+                key=f"usage-summary:{invoice.pk}",
+                kind=N.Kind.USAGE_SUMMARY,
+                recipients=list(invoice.customer.emails),
+                subject=f"Your usage for {invoice.period.start:%Y-%m-%d %H:%M} UTC: "
+                f"{format_minor(invoice.total_minor, invoice.currency)}",
+                context=summary_context(invoice),
+                customer=invoice.customer,
+                invoice_id=invoice.pk,
+                period_start=invoice.period.start,
+            )
+        count += 1
+    return count
+
+
+# --- Budgets -------------------------------------------------------------------------------
+
+
+def after_ingest(*, customer_ids: set[int], now: datetime | None = None) -> dict[str, dict]:
+    """Check the caps of the customers in a committed batch; tell people what changed.
+
+    Returns each customer's status for the ingestion response, keyed by external id.
+    """
+    now = now or timezone.now()
+    customers = Customer.objects.filter(pk__in=customer_ids).order_by("pk")
+    capped = set(
+        BudgetCap.objects.filter(customer_id__in=customer_ids, cap_minor__isnull=False).values_list(
+            "customer_id", flat=True
+        )
+    )
+    statuses: dict[str, dict] = {}
+    for customer in customers:
+        if customer.pk not in capped and customer.status != Customer.Status.PAUSED:
+            statuses[customer.external_id] = {"status": "active", "remaining_minor": None}
+            continue
+        status = check_budget(customer=customer, now=now)
+        statuses[customer.external_id] = {
+            "status": status.status,
+            "remaining_minor": status.remaining_minor,
+        }
+    return statuses
+
+
+def check_budget(*, customer: Customer, now: datetime) -> budgets.BudgetStatus:
+    with transaction.atomic():
+        status = budgets.evaluate_budget(customer=customer, now=now)
+        notify_budget_changes(status)
+    return status
+
+
+def check_all_budgets(*, now: datetime) -> int:
+    """Beat, every minute: re-check every capped or paused customer (new periods resume)."""
+    ids = set(
+        BudgetCap.objects.filter(cap_minor__isnull=False).values_list("customer_id", flat=True)
+    ) | set(Customer.objects.filter(status=Customer.Status.PAUSED).values_list("pk", flat=True))
+    for customer in Customer.objects.filter(pk__in=ids).order_by("pk"):
+        try:
+            check_budget(customer=customer, now=now)
+        except Exception:  # one customer's failure must not stop the others
+            logger.exception("budget check of %s failed", customer.external_id)
+    return len(ids)
+
+
+def notify_budget_changes(status: budgets.BudgetStatus) -> None:
+    """Queue the e-mails and operator webhooks for new alerts and pause/resume transitions."""
+    customer = status.customer
+    period = status.period_start.isoformat() if status.period_start else ""
+    base = {
+        "customer_id": customer.external_id,
+        "customer_name": customer.name,
+        "currency": status.currency,
+        "cap": format_minor(status.cap_minor or 0, status.currency),
+        "cap_minor": status.cap_minor,
+        "spent": format_minor(status.spent_minor, status.currency),
+        "spent_minor": status.spent_minor,
+        "remaining_minor": status.remaining_minor,
+        "status": status.status,
+        "action": status.action,
+        "period_start": period,
+        "period_end": status.period_end.isoformat() if status.period_end else "",
+        "portal_url": settings.PORTAL_BASE_URL.rstrip("/") + "/portal/budget/",
+    }
+    for alert in status.new_alerts:
+        context = {**base, "threshold": alert.threshold}
+        queue_notification(
+            key=f"budget-alert:{alert.pk}",
+            kind=N.Kind.BUDGET_ALERT,
+            recipients=list(customer.emails),
+            subject=f"{alert.threshold}% of your budget used ({base['spent']} of {base['cap']})",
+            context=context,
+            customer=customer,
+            period_start=status.period_start,
+        )
+        queue_operator_webhook(
+            key=f"threshold:{alert.pk}",
+            event="budget.threshold_crossed",
+            customer=customer,
+            payload=context,
+        )
+    if status.transition == "paused":
+        count = status.pause_count
+        queue_notification(
+            key=f"ops-paused:{customer.pk}:{period}:{count}",
+            kind=N.Kind.OPS_PAUSED,
+            recipients=list(settings.BILLING_OPS_EMAILS),
+            subject=f"Customer {customer.external_id} paused at its budget cap",
+            context=base,
+            customer=customer,
+            period_start=status.period_start,
+        )
+        queue_operator_webhook(
+            key=f"paused:{customer.pk}:{period}:{count}",
+            event="budget.paused",
+            customer=customer,
+            payload=base,
+        )
+    elif status.transition == "resumed":
+        queue_operator_webhook(
+            key=f"resumed:{customer.pk}:{period}:{status.resume_count}",
+            event="budget.resumed",
+            customer=customer,
+            payload=base,
+        )
+
+
+def set_budget(
+    *,
+    customer: Customer,
+    cap_minor: int | None,
+    thresholds: list[int],
+    action: str,
+    now: datetime,
+    actor: object = None,
+) -> budgets.BudgetStatus:
+    """Set or change a cap (API, portal, admin) and tell people what that changed."""
+    with transaction.atomic():
+        status = budgets.set_budget_cap(
+            customer=customer,
+            cap_minor=cap_minor,
+            thresholds=thresholds,
+            action=action,
+            now=now,
+            actor=actor,
+        )
+        notify_budget_changes(status)
+    return status
+
+
+def acknowledge(
+    *, customer: Customer, now: datetime, actor: object = None, actor_label: str = ""
+) -> budgets.BudgetStatus:
+    """Resume a paused customer for the rest of the period, and tell the agent platform."""
+    with transaction.atomic():
+        status = budgets.acknowledge_pause(
+            customer=customer, now=now, actor=actor, actor_label=actor_label
+        )
+        notify_budget_changes(status)
+    return status
+
+
+# --- Tracking (anymail) --------------------------------------------------------------------
+
+_BOUNCED = {"bounced", "rejected", "failed", "complained"}
+
+
+def record_tracking_event(*, message_id: str, event_type: str, recipient: str) -> None:
+    """Apply a provider's delivery/bounce event to the message; tell finance of a bounce."""
+    notification = Notification.objects.filter(provider_message_id=message_id).first()
+    if notification is None or not message_id:
+        logger.info("tracking event %s for unknown message %s", event_type, message_id)
+        return
+    if event_type == "delivered" and notification.status == N.Status.SENT:
+        Notification.objects.filter(pk=notification.pk).update(status=N.Status.DELIVERED)
+    elif event_type in _BOUNCED:
+        Notification.objects.filter(pk=notification.pk).update(
+            status=N.Status.BOUNCED, last_error=f"{event_type}: {recipient}"
+        )
+        if notification.kind != N.Kind.OPS_BOUNCE:
+            queue_notification(
+                key=f"ops-bounce:{notification.pk}:{recipient}",
+                kind=N.Kind.OPS_BOUNCE,
+                recipients=list(settings.BILLING_OPS_EMAILS),
+                subject=f"Billing e-mail to {recipient} bounced",
+                context={
+                    "recipient": recipient,
+                    "event_type": event_type,
+                    "notification_key": notification.key,
+                    "customer_id": notification.customer.external_id
+                    if notification.customer
+                    else "",
+                },
+                customer=notification.customer,
+            )
+
+
+# --- Operator webhook ----------------------------------------------------------------------
+
+
+def queue_operator_webhook(*, key: str, event: str, customer: Customer, payload: dict) -> None:
+    """Record an outbound event for the agent platform (if configured); sent after commit."""
+    if not settings.OPERATOR_WEBHOOK_URL:
+        return
+    hook, created = OperatorWebhook.objects.get_or_create(
+        key=key,
+        defaults={
+            "event": event,
+            "customer": customer,
+            "payload": json.loads(
+                json.dumps({"event": event, "id": key, "data": payload}, default=str)
+            ),
+        },
+    )
+    if created:
+        from notifications.tasks import deliver_operator_webhook
+
+        deliver_operator_webhook.delay_on_commit(hook.pk)
+
+
+def sign_payload(body: bytes, *, secret: str, timestamp: int) -> str:
+    """`t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`: the receiver recomputes and compares."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+class WebhookNotDelivered(Exception):
+    """The operator's endpoint did not answer 2xx; the task retries with backoff."""
+
+
+def deliver_operator_webhook(*, webhook_id: int) -> OperatorWebhook:
+    """POST one event, signed; mark it delivered on 2xx, else raise for a retry."""
+    hook = OperatorWebhook.objects.get(pk=webhook_id)
+    if hook.status != OperatorWebhook.Status.PENDING:
+        return hook
+    body = json.dumps(hook.payload, sort_keys=True).encode()
+    timestamp = int(time.time())
+    request = urllib.request.Request(  # noqa: S310 - the URL is operator configuration
+        settings.OPERATOR_WEBHOOK_URL,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "X-Billing-Event": hook.event,
+            "X-Billing-Event-Id": hook.key,
+            "X-Billing-Signature": sign_payload(
+                body, secret=settings.OPERATOR_WEBHOOK_SECRET, timestamp=timestamp
+            ),
+        },
+    )
+    OperatorWebhook.objects.filter(pk=hook.pk).update(attempts=hook.attempts + 1)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            ok = 200 <= response.status < 300
+            detail = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        ok, detail = False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        OperatorWebhook.objects.filter(pk=hook.pk).update(last_error=detail[:2000])
+        raise WebhookNotDelivered(detail)
+    OperatorWebhook.objects.filter(pk=hook.pk).update(
+        status=OperatorWebhook.Status.DELIVERED, delivered_at=timezone.now(), last_error=""
+    )
+    hook.refresh_from_db()
+    return hook
+
+
+def give_up_operator_webhook(*, webhook_id: int, error: str) -> None:
+    OperatorWebhook.objects.filter(pk=webhook_id, status=OperatorWebhook.Status.PENDING).update(
+        status=OperatorWebhook.Status.FAILED, last_error=error[:2000]
+    )

@@ -30,12 +30,17 @@ EVENT_FIELDS = frozenset(
 
 _EVENT_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
 _METER_CODE_RE = re.compile(r"[-a-zA-Z0-9_]{1,64}")
-_DECIMAL_STRING_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_DECIMAL_STRING_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 # RFC 3339 date-time with an explicit offset ("Z" or +hh:mm); fractions up to nanoseconds.
 _RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
 )
+
+# A \u0000 escape in JSON text (PostgreSQL's jsonb refuses NUL): its backslash is not itself
+# escaped, so it follows an even number of backslashes. A literal "\\u0000" is fine.
+_JSON_NUL_RE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class BodyError(Exception):
@@ -86,6 +91,8 @@ def decode_body(raw: bytes) -> Any:
         return json.loads(raw, parse_float=_float_to_decimal, parse_constant=_NonFinite)
     except RecursionError:
         raise BodyError("JSON is nested too deeply") from None
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond Decimal's range
+        raise BodyError("body holds a number out of range") from None
     except (ValueError, TypeError) as exc:  # includes JSONDecodeError and UnicodeDecodeError
         raise BodyError(f"body is not valid JSON: {exc}") from None
 
@@ -99,13 +106,19 @@ def split_events(body: Any) -> tuple[list[Any], bool, list[FieldError]]:
     events = body["events"]
     extra = sorted(set(body) - {"events"})
     if extra:
-        return [], True, [FieldError(None, extra[0], 'unknown field next to "events"')]
+        name = _field_name(extra[0])
+        return [], True, [FieldError(None, name, 'unknown field next to "events"')]
     if not isinstance(events, list):
         return [], True, [FieldError(None, "events", "must be a list of event objects")]
     if not 1 <= len(events) <= MAX_BATCH:
         message = f"must hold 1 to {MAX_BATCH} events, got {len(events)}"
         return [], True, [FieldError(None, "events", message)]
     return events, True, []
+
+
+def _field_name(name: str) -> str:
+    """A client's key as it can be echoed in an error: lone surrogates become escapes."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def parse_event(
@@ -115,7 +128,8 @@ def parse_event(
     if not isinstance(raw, dict):
         return None, [FieldError(index, "event", "must be a JSON object")]
     errors: list[FieldError] = [
-        FieldError(index, name, "unknown field") for name in sorted(set(raw) - EVENT_FIELDS)
+        FieldError(index, _field_name(name), "unknown field")
+        for name in sorted(set(raw) - EVENT_FIELDS)
     ]
 
     event_id = raw.get("event_id")
@@ -271,14 +285,16 @@ def _parse_properties(value: Any) -> tuple[dict[str, Any] | None, str | None, st
         return None, None, f"must have at most {MAX_PROPERTIES_KEYS} keys"
     try:
         clean = _jsonable(value)
+        text = json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except ValueError:
         return None, None, "must not contain NaN or Infinity"
-    text = json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        return None, None, "is nested too deeply"
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         return None, None, "must be valid Unicode (no lone surrogates)"
-    if "\\u0000" in text:
+    if _JSON_NUL_RE.search(text):
         return None, None, "must not contain NUL characters"
     if size > MAX_PROPERTIES_BYTES:
         return None, None, f"must be at most {MAX_PROPERTIES_BYTES} bytes serialized"
@@ -291,7 +307,7 @@ def fingerprint(*, customer_pk: int, meter_pk: int, quantity: Decimal, event: Ev
         (
             str(customer_pk),
             str(meter_pk),
-            f"{quantity:f}",
+            f"{quantity.quantize(QUANTUM):f}",  # 1 and 1.000000 are the same quantity
             event.timestamp.isoformat(timespec="microseconds"),
             event.properties_json,
         )

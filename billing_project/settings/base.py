@@ -135,7 +135,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["metering.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["metering.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "metering.api_errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -169,12 +169,13 @@ BILLING_BACKEND = env_str("BILLING_BACKEND", "local")
 _BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for _folder in ("queue", "processed"):
+    for _folder in ("queue", "processed", "control"):
         (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_BROKER_DIR / "queue"),
         "data_folder_out": str(_BROKER_DIR / "queue"),
         "processed_folder": str(_BROKER_DIR / "processed"),
+        "control_folder": str(_BROKER_DIR / "control"),
         "store_processed": False,
     }
 else:
@@ -188,6 +189,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
+
+# --- Notifications ----------------------------------------------------------------------------
+# Where portal links in e-mails point; finance staff who hear of pauses and bounces.
+PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "http://127.0.0.1:8000")
+BILLING_OPS_EMAILS = env_list("BILLING_OPS_EMAILS", ["finance@localhost"])
+# Optional signed webhook to the operator's agent platform (threshold crossed, paused, resumed).
+OPERATOR_WEBHOOK_URL = env_str("OPERATOR_WEBHOOK_URL", "")
+OPERATOR_WEBHOOK_SECRET = env_str("OPERATOR_WEBHOOK_SECRET", "")
+if OPERATOR_WEBHOOK_URL and not OPERATOR_WEBHOOK_SECRET:
+    raise ImproperlyConfigured("OPERATOR_WEBHOOK_URL needs OPERATOR_WEBHOOK_SECRET to sign with")
 
 # --- Email --------------------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

@@ -35,7 +35,7 @@ def preview_period_usage(*, period: BillingPeriod) -> UsagePreview:
     """Rate a period's usage so far with the one rating engine (priced meters always shown)."""
     meters = {m.pk: m for m in Meter.objects.all()}
     specs = plan_price_specs(period.plan)
-    usage = aggregation.summarize_window(
+    usage = aggregation.window_quantities(
         customer_id=period.customer_id, start=period.start, end=period.end, meters=meters
     )
     meter_ids = sorted(set(specs) | set(usage), key=lambda pk: meters[pk].code)
@@ -43,7 +43,7 @@ def preview_period_usage(*, period: BillingPeriod) -> UsagePreview:
         usage_line(
             meter=meters[pk],
             spec=specs.get(pk),
-            quantity=usage[pk].quantity if pk in usage else Decimal(0),
+            quantity=usage.get(pk, Decimal(0)),
         )
         for pk in meter_ids
     ]

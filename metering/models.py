@@ -324,3 +324,33 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer.external_id} {self.threshold}% at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class UsageRollup(models.Model):
+    """Usage per customer, meter and UTC hour, maintained in the ingestion transaction.
+
+    It answers "how much so far?" without reading events: the allowance, the budget check, the
+    usage API and the dashboard sum rollups for the whole hours of a window (and read events
+    only for the partial hours at its edges). Invoices still come from events; `reconcile`
+    checks these sums against the events.
+    """
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+")
+    meter = models.ForeignKey(Meter, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()  # start of the UTC hour
+    quantity = models.DecimalField(**TOTAL_QUANTITY)  # sum of quantities
+    event_count = models.BigIntegerField()
+    max_quantity = models.DecimalField(max_digits=QUANTITY_MAX_DIGITS, decimal_places=6)
+    latest_at = models.DateTimeField()  # timestamp of the latest event in the hour
+    latest_event_pk = models.BigIntegerField()  # tie-break for equal timestamps
+    latest_quantity = models.DecimalField(max_digits=QUANTITY_MAX_DIGITS, decimal_places=6)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "meter", "hour"], name="rollup_one_per_hour"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.meter_id} {self.hour:%Y-%m-%d %H}: {self.quantity}"

@@ -14,10 +14,10 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from metering import event_parsing
+from metering import aggregation, event_parsing
 from metering.event_parsing import EventInput, FieldError
 from metering.keys import generate_key
-from metering.models import ApiKey, Customer, Meter, UsageEvent
+from metering.models import ApiKey, Customer, Meter, UsageEvent, UsageRollup
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,9 @@ def _store(*, rows: list[_Row], api_key: ApiKey, received_at: datetime) -> Inges
     candidates = sorted(first.values(), key=lambda r: (r.customer_pk, r.event_id))
 
     with transaction.atomic():
+        # Shared: batches never wait for each other, but a period close (exclusive) waits for
+        # them and they for it, so no event commits between a close's aggregation and stamping.
+        aggregation.lock_customer_usage({r.customer_pk for r in candidates}, exclusive=False)
         inserted = _insert_ignoring_conflicts(candidates, api_key=api_key, received_at=received_at)
         missing = [key for key in first if key not in inserted]
         stored = _stored_fingerprints(missing) if missing else {}
@@ -179,25 +182,55 @@ def _store(*, rows: list[_Row], api_key: ApiKey, received_at: datetime) -> Inges
     return result
 
 
+_EVENT_COLUMNS = (
+    "customer_id, meter_id, event_id, quantity, timestamp, properties, fingerprint, "
+    "received_at, api_key_id"
+)
+# PostgreSQL: one statement inserts the batch (unnest of typed arrays: nine parameters
+# whatever the size), skips existing keys, and adds the inserted events to their hourly
+# rollups; the rollup rows are upserted in key order, so concurrent batches never deadlock.
+_PG_INSERT = f"""
+WITH ins AS (
+    INSERT INTO metering_usageevent ({_EVENT_COLUMNS})
+    SELECT c, m, e, q, t, p, f, %s, %s FROM unnest(
+        %s::bigint[], %s::bigint[], %s::text[], %s::numeric[], %s::timestamptz[],
+        %s::jsonb[], %s::text[]) AS u(c, m, e, q, t, p, f)
+    ON CONFLICT (customer_id, event_id) DO NOTHING
+    RETURNING id, customer_id, meter_id, event_id, quantity, timestamp
+), roll AS (
+    INSERT INTO metering_usagerollup AS r (customer_id, meter_id, hour, quantity, event_count,
+        max_quantity, latest_at, latest_event_pk, latest_quantity)
+    SELECT customer_id, meter_id, date_trunc('hour', timestamp, 'UTC'), sum(quantity),
+        count(*), max(quantity), max(timestamp),
+        (array_agg(id ORDER BY timestamp DESC, id DESC))[1],
+        (array_agg(quantity ORDER BY timestamp DESC, id DESC))[1]
+    FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (customer_id, meter_id, hour) DO UPDATE SET
+        quantity = r.quantity + EXCLUDED.quantity,
+        event_count = r.event_count + EXCLUDED.event_count,
+        max_quantity = GREATEST(r.max_quantity, EXCLUDED.max_quantity),
+        latest_at = CASE WHEN (EXCLUDED.latest_at, EXCLUDED.latest_event_pk)
+            > (r.latest_at, r.latest_event_pk) THEN EXCLUDED.latest_at ELSE r.latest_at END,
+        latest_quantity = CASE WHEN (EXCLUDED.latest_at, EXCLUDED.latest_event_pk)
+            > (r.latest_at, r.latest_event_pk) THEN EXCLUDED.latest_quantity
+            ELSE r.latest_quantity END,
+        latest_event_pk = CASE WHEN (EXCLUDED.latest_at, EXCLUDED.latest_event_pk)
+            > (r.latest_at, r.latest_event_pk) THEN EXCLUDED.latest_event_pk
+            ELSE r.latest_event_pk END
+)
+SELECT customer_id, event_id FROM ins
+"""  # noqa: S608 - no user input in the SQL text
+
+
 def _insert_ignoring_conflicts(
     rows: list[_Row], *, api_key: ApiKey, received_at: datetime
 ) -> set[tuple[int, str]]:
-    """One INSERT ... ON CONFLICT DO NOTHING for the batch; returns the keys it inserted."""
-    table = UsageEvent._meta.db_table
-    columns = (
-        "customer_id, meter_id, event_id, quantity, timestamp, properties, fingerprint, "
-        "received_at, api_key_id"
-    )
+    """Insert the batch, skipping existing keys, and update the hourly rollups; returns the
+    keys it inserted."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # unnest() of typed arrays: one statement with nine parameters whatever the size.
             cursor.execute(
-                f"INSERT INTO {table} ({columns}) "  # noqa: S608 - table name is ours
-                "SELECT c, m, e, q, t, p, f, %s, %s FROM unnest("
-                "%s::bigint[], %s::bigint[], %s::text[], %s::numeric[], %s::timestamptz[], "
-                "%s::jsonb[], %s::text[]) AS u(c, m, e, q, t, p, f) "
-                "ON CONFLICT (customer_id, event_id) DO NOTHING "
-                "RETURNING customer_id, event_id",
+                _PG_INSERT,
                 [
                     received_at,
                     api_key.pk,
@@ -210,29 +243,69 @@ def _insert_ignoring_conflicts(
                     [r.fingerprint for r in rows],
                 ],
             )
-        else:
-            placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
-            params: list[Any] = []
-            ops = connection.ops
-            for r in rows:
-                params += [
-                    r.customer_pk,
-                    r.meter_pk,
-                    r.event_id,
-                    ops.adapt_decimalfield_value(r.quantity, 19, 6),
-                    ops.adapt_datetimefield_value(r.timestamp),
-                    r.properties_json,
-                    r.fingerprint,
-                    ops.adapt_datetimefield_value(received_at),
-                    api_key.pk,
-                ]
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES {placeholders} "  # noqa: S608
-                "ON CONFLICT (customer_id, event_id) DO NOTHING "
-                "RETURNING customer_id, event_id",
-                params,
+            return {(customer_pk, event_id) for customer_pk, event_id in cursor.fetchall()}
+        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+        params: list[Any] = []
+        ops = connection.ops
+        for r in rows:
+            params += [
+                r.customer_pk,
+                r.meter_pk,
+                r.event_id,
+                ops.adapt_decimalfield_value(r.quantity, 19, 6),
+                ops.adapt_datetimefield_value(r.timestamp),
+                r.properties_json,
+                r.fingerprint,
+                ops.adapt_datetimefield_value(received_at),
+                api_key.pk,
+            ]
+        cursor.execute(
+            f"INSERT INTO metering_usageevent ({_EVENT_COLUMNS}) VALUES {placeholders} "  # noqa: S608
+            "ON CONFLICT (customer_id, event_id) DO NOTHING "
+            "RETURNING id, customer_id, event_id",
+            params,
+        )
+        returned = cursor.fetchall()
+    by_key = {(r.customer_pk, r.event_id): r for r in rows}
+    inserted = {(customer_pk, event_id): pk for pk, customer_pk, event_id in returned}
+    add_to_rollups([(pk, by_key[key]) for key, pk in inserted.items()])
+    return set(inserted)
+
+
+def add_to_rollups(events: list[tuple[int, _Row]]) -> None:
+    """Add inserted events to their hourly rollups in Python (the SQLite path: SQLite sums
+    decimals as floats, so the arithmetic stays in Decimal here; it serializes writers)."""
+    groups: dict[tuple[int, int, datetime], list[tuple[int, _Row]]] = {}
+    for pk, row in events:
+        hour = row.timestamp.replace(minute=0, second=0, microsecond=0)
+        groups.setdefault((row.customer_pk, row.meter_pk, hour), []).append((pk, row))
+    for (customer_pk, meter_pk, hour), members in sorted(groups.items()):
+        latest_pk, latest = max(members, key=lambda m: (m[1].timestamp, m[0]))
+        rollup = UsageRollup.objects.filter(
+            customer_id=customer_pk, meter_id=meter_pk, hour=hour
+        ).first()
+        quantity = sum((m[1].quantity for m in members), Decimal(0))
+        top = max(m[1].quantity for m in members)
+        if rollup is None:
+            rollup = UsageRollup(
+                customer_id=customer_pk,
+                meter_id=meter_pk,
+                hour=hour,
+                quantity=Decimal(0),
+                event_count=0,
+                max_quantity=top,
+                latest_at=latest.timestamp,
+                latest_event_pk=latest_pk,
+                latest_quantity=latest.quantity,
             )
-        return {(customer_pk, event_id) for customer_pk, event_id in cursor.fetchall()}
+        rollup.quantity += quantity
+        rollup.event_count += len(members)
+        rollup.max_quantity = max(rollup.max_quantity, top)
+        if (latest.timestamp, latest_pk) > (rollup.latest_at, rollup.latest_event_pk):
+            rollup.latest_at = latest.timestamp
+            rollup.latest_event_pk = latest_pk
+            rollup.latest_quantity = latest.quantity
+        rollup.save()
 
 
 def _stored_fingerprints(keys: list[tuple[int, str]]) -> dict[tuple[int, str], str]:

@@ -7,15 +7,17 @@ difference is reported as one line of text. An empty report means the books agre
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import UTC
 from decimal import Decimal
 
 from django.db.models import Count, Sum
+from django.db.models.functions import TruncHour
 
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.pricing import plan_price_specs
 from invoicing.rating import rate
 from metering import aggregation
-from metering.models import Meter, UsageAggregate, UsageEvent
+from metering.models import Meter, UsageAggregate, UsageEvent, UsageRollup
 
 
 def reconcile() -> list[str]:
@@ -26,6 +28,30 @@ def reconcile() -> list[str]:
     problems += _invoices_match_lines()
     problems += _periods_have_one_invoice()
     problems += _no_event_left_behind()
+    problems += _rollups_match_events()
+    return problems
+
+
+def _rollups_match_events() -> list[str]:
+    """The hourly rollups (what "how much so far?" reads) must equal their events."""
+    problems: list[str] = []
+    from_events = {
+        (row["customer_id"], row["meter_id"], row["hour"]): (row["total"], row["n"])
+        for row in UsageEvent.objects.annotate(hour=TruncHour("timestamp", tzinfo=UTC))
+        .values("customer_id", "meter_id", "hour")
+        .annotate(total=Sum("quantity"), n=Count("id"))
+    }
+    rollups = {
+        (r.customer_id, r.meter_id, r.hour): (r.quantity, r.event_count)
+        for r in UsageRollup.objects.all()
+    }
+    for key in sorted(set(from_events) | set(rollups)):
+        if from_events.get(key) != rollups.get(key):
+            customer_id, meter_id, hour = key
+            problems.append(
+                f"rollup of customer {customer_id} meter {meter_id} hour {hour:%Y-%m-%d %H}:00: "
+                f"(quantity, events) {rollups.get(key)} != from events {from_events.get(key)}"
+            )
     return problems
 
 

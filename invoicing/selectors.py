@@ -62,11 +62,16 @@ def list_customer_invoices(*, customer: Customer) -> QuerySet[Invoice]:
 
 def line_for_event(*, event: UsageEvent) -> InvoiceLine | None:
     """The invoice line that billed an event (one query), or None while it is unbilled."""
-    if event.aggregate_id is None:
-        return None
     return (
         InvoiceLine.objects.select_related("invoice")
-        .filter(aggregate_id=event.aggregate_id)
+        .filter(
+            aggregate__customer_id=event.customer_id,
+            aggregate__meter_id=event.meter_id,
+            aggregate__window_start__lte=event.timestamp,
+            aggregate__window_end__gt=event.timestamp,
+            aggregate__event_pk_after__lt=event.pk,
+            aggregate__event_pk_through__gte=event.pk,
+        )
         .first()
     )
 
@@ -75,7 +80,7 @@ def events_for_line(*, line: InvoiceLine) -> QuerySet[UsageEvent]:
     """The events a line billed (one query; empty for cap credits and zero lines)."""
     if line.aggregate_id is None:
         return UsageEvent.objects.none()
-    return UsageEvent.objects.filter(aggregate_id=line.aggregate_id).order_by("timestamp", "pk")
+    return aggregation.events_of_aggregate(line.aggregate).order_by("timestamp", "pk")
 
 
 def period_for(*, customer: Customer, at: datetime) -> BillingPeriod | None:

@@ -1,11 +1,14 @@
 """Aggregating usage events per customer, meter and window, and billing them exactly once.
 
-The close of a billing period (in invoicing) calls `bill_usage_window` for the period itself and
-for each earlier window that received late events. Each call writes one UsageAggregate per meter
-and stamps the events it covers with it, inside the caller's transaction, while the customer's
-usage lock is held exclusively: ingestion holds the same lock in shared mode, so no event of that
-customer can commit between the aggregation and the stamping. An event is therefore billed by
-exactly one aggregate, and one that arrives later is found unstamped by the next close.
+Events are immutable. What a period close billed is defined by a watermark: the close holds
+the customers' usage locks exclusively (ingestion holds them shared, and takes them before its
+INSERT draws event ids), so when it reads the event-id sequence every event of those customers
+with a lower id is committed and visible, and every later one gets a higher id. A close billing
+a window for a customer therefore covers exactly the events with `timestamp` in the window and
+`id` in (the customer's previous watermark, this one] -- recorded on the UsageAggregate as
+(event_pk_after, event_pk_through]. An event that arrives after the close (a late event) has a
+higher id and is billed by the next close, as an adjustment; no event is updated, none is billed
+twice, and from an event one query finds its aggregate (and the invoice line), and back.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def lock_customer_usage(customer_ids: Iterable[int], *, exclusive: bool) -> None
     """Take the per-customer usage lock for the rest of the transaction (PostgreSQL).
 
     Ingestion takes it shared (batches never wait for each other); a period close takes it
-    exclusive for one customer. SQLite needs nothing: it serializes all writers anyway.
+    exclusive. SQLite needs nothing: it serializes all writers anyway.
     """
     if connection.vendor != "postgresql":
         return
@@ -43,21 +46,58 @@ def lock_customer_usage(customer_ids: Iterable[int], *, exclusive: bool) -> None
         )
 
 
+def usage_watermark() -> int:
+    """The highest committed event id (a backward scan of the primary key).
+
+    Read it while holding the usage locks of the customers being billed exclusively: then
+    every event of theirs is committed and has an id <= it, and every later event of theirs
+    draws a higher id from the sequence.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT max(id) FROM metering_usageevent")
+        row = cursor.fetchone()
+    return row[0] or 0
+
+
+def previous_watermarks(customer_ids: Iterable[int]) -> dict[int, int]:
+    """Each customer's watermark at its last close (0 if it never had one)."""
+    rows = (
+        UsageAggregate.objects.filter(customer_id__in=list(customer_ids))
+        .values("customer_id")
+        .annotate(through=Max("event_pk_through"))
+        .values_list("customer_id", "through")
+    )
+    return dict(rows)
+
+
 @dataclass(frozen=True, slots=True)
 class WindowUsage:
-    """A meter's aggregated quantity over a window, and the events not yet billed in it."""
+    """A meter's quantity over a window (events up to a watermark), and the events that are
+    new since the previous watermark."""
 
     meter_id: int
-    quantity: Decimal  # by the meter's aggregation, over all events in the window
-    unbilled_count: int
-    unbilled_first: datetime | None
-    unbilled_last: datetime | None
+    quantity: Decimal  # by the meter's aggregation, over all events up to the watermark
+    new_count: int
+    new_first: datetime | None
+    new_last: datetime | None
 
 
-def _events(customer_id: int, start: datetime, end: datetime) -> QuerySet[UsageEvent]:
-    return UsageEvent.objects.filter(
+def _events(
+    customer_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    after: int = 0,
+    through: int | None = None,
+) -> QuerySet[UsageEvent]:
+    events = UsageEvent.objects.filter(
         customer_id=customer_id, timestamp__gte=start, timestamp__lt=end
     )
+    if after:
+        events = events.filter(pk__gt=after)
+    if through is not None:
+        events = events.filter(pk__lte=through)
+    return events
 
 
 def summarize_window(
@@ -66,13 +106,12 @@ def summarize_window(
     start: datetime,
     end: datetime,
     meters: dict[int, Meter] | None = None,
-    billed_only: bool = False,
+    after: int = 0,
+    through: int | None = None,
 ) -> dict[int, WindowUsage]:
-    """Aggregate each meter's events in [start, end) with SQL (never a loop over events);
-    `billed_only` restricts it to events an aggregate has billed (for reconciliation)."""
-    events = _events(customer_id, start, end)
-    if billed_only:
-        events = events.filter(aggregate__isnull=False)
+    """Aggregate each meter's events in [start, end) with SQL (never a loop over events):
+    the quantity over events with id <= through, the new ones those with id > after."""
+    events = _events(customer_id, start, end, through=through)
     meters = meters if meters is not None else {m.pk: m for m in Meter.objects.all()}
     totals = {
         row["meter_id"]: row
@@ -80,22 +119,21 @@ def summarize_window(
             total=Sum("quantity"), n=Count("id"), top=Max("quantity")
         )
     }
-    unbilled = {
+    new = {
         row["meter_id"]: row
-        for row in events.filter(aggregate__isnull=True)
+        for row in events.filter(pk__gt=after)
         .values("meter_id")
         .annotate(n=Count("id"), first=Min("timestamp"), last=Max("timestamp"))
     }
     result: dict[int, WindowUsage] = {}
     for meter_id, row in totals.items():
-        meter = meters[meter_id]
-        new = unbilled.get(meter_id, {})
+        fresh = new.get(meter_id, {})
         result[meter_id] = WindowUsage(
             meter_id=meter_id,
-            quantity=_quantity(meter, events.filter(meter_id=meter_id), row),
-            unbilled_count=new.get("n", 0),
-            unbilled_first=new.get("first"),
-            unbilled_last=new.get("last"),
+            quantity=_quantity(meters[meter_id], events.filter(meter_id=meter_id), row),
+            new_count=fresh.get("n", 0),
+            new_first=fresh.get("first"),
+            new_last=fresh.get("last"),
         )
     return result
 
@@ -129,50 +167,49 @@ def bill_usage_window(
     window_end: datetime,
     billed_through: datetime,
     kind: str,
+    after: int,
+    through: int,
     always_meter_ids: Iterable[int] = (),
 ) -> list[UsageAggregate]:
-    """Write one aggregate per meter with unbilled events in the window and stamp those events.
+    """Write one aggregate per meter with events in the window and id in (after, through].
 
-    Call inside a transaction holding `lock_customer_usage(..., exclusive=True)`. Meters in
-    `always_meter_ids` get an aggregate even without events (a zero line still has its source).
-    The previous aggregates of the same window give the quantity already billed, so
-    `quantity` is the increase and `cumulative_quantity` the new total.
+    Call inside a transaction holding `lock_customer_usage(..., exclusive=True)`, with
+    `through` read by `usage_watermark()` under that lock. Meters in `always_meter_ids` get an
+    aggregate even without events. The window's previous aggregates give the quantity
+    already billed, so `quantity` is the increase and `cumulative_quantity` the new total.
     """
     meters = {m.pk: m for m in Meter.objects.all()}
     usage = summarize_window(
-        customer_id=customer_id, start=window_start, end=window_end, meters=meters
+        customer_id=customer_id,
+        start=window_start,
+        end=window_end,
+        meters=meters,
+        after=after,
+        through=through,
     )
     billed_before = _billed_cumulative(customer_id, window_start)
-    wanted = {meter_id for meter_id, u in usage.items() if u.unbilled_count} | set(always_meter_ids)
+    wanted = {meter_id for meter_id, u in usage.items() if u.new_count} | set(always_meter_ids)
     aggregates: list[UsageAggregate] = []
     for meter_id in sorted(wanted):
         current = usage.get(meter_id)
         cumulative = current.quantity if current else Decimal(0)
-        aggregate = UsageAggregate.objects.create(
-            customer_id=customer_id,
-            meter_id=meter_id,
-            kind=kind,
-            window_start=window_start,
-            window_end=window_end,
-            billed_through=billed_through,
-            quantity=cumulative - billed_before.get(meter_id, Decimal(0)),
-            cumulative_quantity=cumulative,
-            event_count=current.unbilled_count if current else 0,
-            first_event_at=current.unbilled_first if current else None,
-            last_event_at=current.unbilled_last if current else None,
-        )
-        if current and current.unbilled_count:
-            stamped = (
-                _events(customer_id, window_start, window_end)
-                .filter(meter_id=meter_id, aggregate__isnull=True)
-                .update(aggregate=aggregate)
+        aggregates.append(
+            UsageAggregate.objects.create(
+                customer_id=customer_id,
+                meter_id=meter_id,
+                kind=kind,
+                window_start=window_start,
+                window_end=window_end,
+                billed_through=billed_through,
+                event_pk_after=after,
+                event_pk_through=through,
+                quantity=cumulative - billed_before.get(meter_id, Decimal(0)),
+                cumulative_quantity=cumulative,
+                event_count=current.new_count if current else 0,
+                first_event_at=current.new_first if current else None,
+                last_event_at=current.new_last if current else None,
             )
-            if stamped != current.unbilled_count:
-                # The usage lock makes this impossible; refuse to bill rather than miscount.
-                raise RuntimeError(
-                    f"stamped {stamped} events but aggregated {current.unbilled_count}"
-                )
-        aggregates.append(aggregate)
+        )
     return aggregates
 
 
@@ -189,16 +226,40 @@ def _billed_cumulative(customer_id: int, window_start: datetime) -> dict[int, De
     return billed
 
 
-def earliest_unbilled_before(*, customer_id: int, before: datetime) -> datetime | None:
-    """The time of the earliest event before an instant that no aggregate has billed yet."""
+def earliest_unbilled_before(
+    *, customer_id: int, before: datetime, after: int, through: int
+) -> datetime | None:
+    """The time of the earliest event before an instant that arrived after the customer's
+    previous close (id in (after, through]): a late event, or one from before the first period."""
     return (
-        UsageEvent.objects.filter(
-            customer_id=customer_id, timestamp__lt=before, aggregate__isnull=True
-        )
+        _events(customer_id, datetime.min.replace(tzinfo=UTC), before, after=after, through=through)
         .order_by("timestamp")
         .values_list("timestamp", flat=True)
         .first()
     )
+
+
+def aggregate_for_event(event: UsageEvent) -> UsageAggregate | None:
+    """The aggregate that billed an event (one query), or None while it is unbilled."""
+    return UsageAggregate.objects.filter(
+        customer_id=event.customer_id,
+        meter_id=event.meter_id,
+        window_start__lte=event.timestamp,
+        window_end__gt=event.timestamp,
+        event_pk_after__lt=event.pk,
+        event_pk_through__gte=event.pk,
+    ).first()
+
+
+def events_of_aggregate(aggregate: UsageAggregate) -> QuerySet[UsageEvent]:
+    """The events an aggregate billed (one indexed query)."""
+    return _events(
+        aggregate.customer_id,
+        aggregate.window_start,
+        aggregate.window_end,
+        after=aggregate.event_pk_after,
+        through=aggregate.event_pk_through,
+    ).filter(meter_id=aggregate.meter_id)
 
 
 def _ceil_hour(instant: datetime) -> datetime:
@@ -288,3 +349,102 @@ def window_quantities(
                 meters[meter_id], _events(customer_id, start, end).filter(meter_id=meter_id), {}
             )
     return result
+
+
+def summarize_customers(
+    *,
+    customer_ids: list[int],
+    start: datetime,
+    end: datetime,
+    meters: dict[int, Meter],
+    through: int,
+) -> dict[tuple[int, int], WindowUsage]:
+    """The usage of many customers over one never-billed window, keyed by (customer, meter),
+    in a constant number of queries whatever the number of customers or events: the batch
+    close's aggregation, over the events with id <= through."""
+    events = UsageEvent.objects.filter(
+        customer_id__in=customer_ids, timestamp__gte=start, timestamp__lt=end, pk__lte=through
+    )
+    rows = events.values("customer_id", "meter_id").annotate(
+        total=Sum("quantity"),
+        n=Count("id"),
+        top=Max("quantity"),
+        first=Min("timestamp"),
+        last=Max("timestamp"),
+    )
+    by_kind: dict[str, list[int]] = {}
+    for meter in meters.values():
+        by_kind.setdefault(meter.aggregation, []).append(meter.pk)
+    latest: dict[tuple[int, int], Decimal] = {}
+    if by_kind.get(Meter.Aggregation.LATEST):
+        ordered = events.filter(meter_id__in=by_kind[Meter.Aggregation.LATEST]).order_by(
+            "customer_id", "meter_id", "-timestamp", "-id"
+        )
+        if connection.vendor == "postgresql":
+            ordered = ordered.distinct("customer_id", "meter_id")
+        for customer_id, meter_id, quantity in ordered.values_list(
+            "customer_id", "meter_id", "quantity"
+        ):
+            latest.setdefault((customer_id, meter_id), quantity)
+    unique: dict[tuple[int, int], Decimal] = {}
+    for meter_id in by_kind.get(Meter.Aggregation.UNIQUE_COUNT, []):
+        counted = (
+            events.filter(meter_id=meter_id)
+            .annotate(value=KeyTextTransform(meters[meter_id].unique_property, "properties"))
+            .exclude(value=None)
+            .values("customer_id")
+            .annotate(n=Count("value", distinct=True))
+        )
+        for row in counted:
+            unique[(row["customer_id"], meter_id)] = Decimal(row["n"])
+
+    result: dict[tuple[int, int], WindowUsage] = {}
+    for row in rows:
+        key = (row["customer_id"], row["meter_id"])
+        aggregation = meters[row["meter_id"]].aggregation
+        if aggregation == Meter.Aggregation.SUM:
+            quantity = row["total"] or Decimal(0)
+        elif aggregation == Meter.Aggregation.COUNT:
+            quantity = Decimal(row["n"])
+        elif aggregation == Meter.Aggregation.MAX:
+            quantity = row["top"] or Decimal(0)
+        elif aggregation == Meter.Aggregation.LATEST:
+            quantity = latest.get(key, Decimal(0))
+        else:
+            quantity = unique.get(key, Decimal(0))
+        result[key] = WindowUsage(
+            meter_id=row["meter_id"],
+            quantity=quantity,
+            new_count=row["n"],
+            new_first=row["first"],
+            new_last=row["last"],
+        )
+    return result
+
+
+def late_customers(
+    *, customer_ids: list[int], before: dict[int, datetime], after: dict[int, int], through: int
+) -> set[int]:
+    """The customers with an event before their period's start that arrived after their
+    previous close (one query): they need adjustment lines."""
+    if not customer_ids:
+        return set()
+    rows = (
+        UsageEvent.objects.filter(
+            customer_id__in=customer_ids, timestamp__lt=max(before.values()), pk__lte=through
+        )
+        .filter(pk__gt=min(after.get(c, 0) for c in customer_ids))
+        .values("customer_id")
+        .annotate(first=Min("timestamp"))
+    )
+    late: set[int] = set()
+    for row in rows:
+        customer_id = row["customer_id"]
+        if row["first"] < before[customer_id] and earliest_unbilled_before(
+            customer_id=customer_id,
+            before=before[customer_id],
+            after=after.get(customer_id, 0),
+            through=through,
+        ):
+            late.add(customer_id)
+    return late

@@ -158,10 +158,6 @@ class UsageEvent(models.Model):
     api_key = models.ForeignKey(
         ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    # The aggregate that billed this event; null until its period (or a later one) closes.
-    aggregate = models.ForeignKey(
-        "UsageAggregate", on_delete=models.PROTECT, null=True, blank=True, related_name="events"
-    )
 
     class Meta:
         constraints = [
@@ -188,7 +184,8 @@ class UsageAggregate(models.Model):
     aggregated quantity over all its events so far and `quantity` the increase billed now, so
     an adjustment is rated at the margin (rate(new total) - rate(old total)), never from zero.
     `billed_through` is the end of the period whose close created it: one close, one aggregate
-    per (customer, meter, window). Each event points to the aggregate that billed it.
+    per (customer, meter, window). Events are never updated: the aggregate records which it
+    billed as an id range (see metering/aggregation.py).
     """
 
     class Kind(models.TextChoices):
@@ -201,6 +198,9 @@ class UsageAggregate(models.Model):
     window_start = models.DateTimeField()
     window_end = models.DateTimeField()
     billed_through = models.DateTimeField()
+    # The events billed: timestamp in the window and id in (event_pk_after, event_pk_through].
+    event_pk_after = models.BigIntegerField(default=0)
+    event_pk_through = models.BigIntegerField(default=0)
     quantity = models.DecimalField(**TOTAL_QUANTITY)
     cumulative_quantity = models.DecimalField(**TOTAL_QUANTITY)
     event_count = models.BigIntegerField()

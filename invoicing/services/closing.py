@@ -1,33 +1,40 @@
 """Closing billing periods: usage aggregated in SQL, a draft invoice whose lines each bill
 one aggregate, exactly once per period.
 
-A close runs in one transaction per period: the period row is locked (a second closer waits,
-then finds it closed), the customer's usage lock is taken exclusively (no event of the customer
-commits meanwhile), aggregates are written and their events stamped, the invoice and its lines
-are written, and the period is marked closed. Invoice.period is unique, so even a bug in the
-locking could not produce a second invoice. An exception anywhere rolls all of it back, and the
-next run starts from scratch and produces the same invoice.
+Periods close in batches, each batch one transaction: its period rows are locked (`SKIP
+LOCKED`, so concurrent closers take different batches and never wait on each other), the
+customers' usage locks are taken exclusively (no event of theirs commits meanwhile), the
+events of each window are aggregated per (customer, meter) with a constant number of queries,
+the aggregates written and every event stamped with the one that billed it (one UPDATE), and
+the invoices, lines, period states and audit entries written in bulk. Invoice.period is
+unique, so even a locking bug could not produce a second invoice. An exception rolls the
+whole batch back; its periods are then closed one by one, so a bad period fails alone and the
+others still close. A re-run starts from scratch and produces the same invoices.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 
-from invoicing.models import BillingPeriod, Invoice, InvoiceLine, PricePlan
+from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine, PricePlan
 from invoicing.pricing import LineDraft, adjustment_line, plan_price_specs, usage_line
+from invoicing.rating import PriceSpec
 from invoicing.services import budgets, subscriptions
-from invoicing.services.audit import record_audit
+from invoicing.services.audit import build_audit_entry
 from metering import aggregation
-from metering.models import Meter, UsageAggregate, UsageEvent
+from metering.models import BudgetCap, BudgetPeriodState, Meter, UsageAggregate, UsageEvent
 
 logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
 
 
 @dataclass
@@ -37,11 +44,14 @@ class CloseReport:
     finalized: list[int] = field(default_factory=list)  # invoice ids
 
 
+def _cutoff(now: datetime) -> datetime:
+    return now - timedelta(seconds=settings.BILLING_GRACE_PERIOD)
+
+
 def due_period_ids(*, now: datetime, limit: int | None = None) -> list[int]:
     """Periods past their end plus the grace period and not closed, oldest first."""
-    cutoff = now - timedelta(seconds=settings.BILLING_GRACE_PERIOD)
     due = (
-        BillingPeriod.objects.filter(end__lte=cutoff)
+        BillingPeriod.objects.filter(end__lte=_cutoff(now))
         .exclude(status=BillingPeriod.Status.CLOSED)
         .order_by("end", "pk")
         .values_list("pk", flat=True)
@@ -49,152 +59,293 @@ def due_period_ids(*, now: datetime, limit: int | None = None) -> list[int]:
     return list(due[:limit] if limit else due)
 
 
-def close_due_periods(*, now: datetime) -> CloseReport:
-    """Roll subscriptions forward, then close every due period; one failure stops no other."""
+@dataclass
+class _Run:
+    """What one close run reads once: meters and the price specs of each plan version."""
+
+    meters: dict[int, Meter]
+    specs: dict[int, dict[int, PriceSpec]] = field(default_factory=dict)
+
+    def specs_for(self, plan: PricePlan) -> dict[int, PriceSpec]:
+        if plan.pk not in self.specs:
+            self.specs[plan.pk] = plan_price_specs(plan)
+        return self.specs[plan.pk]
+
+
+def close_due_periods(*, now: datetime, batch_size: int = BATCH_SIZE) -> CloseReport:
+    """Roll subscriptions forward, then close every due period, in batches, oldest first.
+
+    A customer's periods close in order: each pass closes the earliest open period of each
+    customer, and passes repeat until nothing more closes (a catch-up after an outage).
+    One period's failure stops no other.
+    """
     subscriptions.roll_subscriptions(now=now)
     report = CloseReport()
-    for period_id in due_period_ids(now=now):
-        try:
-            invoice = close_billing_period(period_id=period_id, now=now)
-        except Exception as exc:  # one customer's failure must not stop the others
-            logger.exception("closing period %s failed", period_id)
-            report.failed[period_id] = f"{type(exc).__name__}: {exc}"
-            continue
-        if invoice is not None:
-            report.closed.append(period_id)
-    return report
+    run = _Run(meters={m.pk: m for m in Meter.objects.all()})
+    while True:
+        closed_this_pass = 0
+        pending = [pk for pk in due_period_ids(now=now) if pk not in report.failed]
+        for offset in range(0, len(pending), batch_size):
+            batch = pending[offset : offset + batch_size]
+            try:
+                closed = _close_batch(batch, now=now, run=run)
+            except Exception:
+                logger.exception(
+                    "closing a batch of %s periods failed; closing one by one", len(batch)
+                )
+                closed = {}
+                for period_id in batch:
+                    try:
+                        closed.update(_close_batch([period_id], now=now, run=run))
+                    except Exception as exc:  # one customer's failure must not stop the others
+                        logger.exception("closing period %s failed", period_id)
+                        report.failed[period_id] = f"{type(exc).__name__}: {exc}"
+            report.closed.extend(closed)
+            closed_this_pass += len(closed)
+        if closed_this_pass == 0:
+            return report
 
 
 def close_billing_period(*, period_id: int, now: datetime) -> Invoice | None:
     """Close one period and return its draft invoice; the existing invoice if already closed;
-    None if it is not due yet or an earlier period of the customer is still to be closed."""
+    None if it is not due yet, an earlier period of the customer is still open, or another
+    closer holds it right now."""
+    existing = Invoice.objects.filter(period_id=period_id).first()
+    if existing is not None:
+        return existing
+    run = _Run(meters={m.pk: m for m in Meter.objects.all()})
+    return _close_batch([period_id], now=now, run=run).get(period_id)
+
+
+def _close_batch(period_ids: list[int], *, now: datetime, run: _Run) -> dict[int, Invoice]:
+    """Close the given periods that are due, open and first in line; returns their invoices."""
     with transaction.atomic():
-        period = (
-            BillingPeriod.objects.select_for_update()
-            .select_related("customer", "plan")
-            .get(pk=period_id)
-        )
-        if period.status == BillingPeriod.Status.CLOSED:
-            return Invoice.objects.get(period=period)
-        cutoff = now - timedelta(seconds=settings.BILLING_GRACE_PERIOD)
-        if period.end > cutoff:
-            return None
-        earlier_open = (
-            BillingPeriod.objects.filter(customer=period.customer, start__lt=period.start)
+        locked = BillingPeriod.objects.select_for_update(skip_locked=True)
+        if connection.vendor == "postgresql":
+            locked = BillingPeriod.objects.select_for_update(skip_locked=True, of=("self",))
+        periods = list(
+            locked.select_related("customer", "plan")
+            .filter(pk__in=period_ids, end__lte=_cutoff(now))
             .exclude(status=BillingPeriod.Status.CLOSED)
-            .exists()
+            .order_by("pk")
         )
-        if earlier_open:
-            return None  # periods close in order; the earlier one goes first
-        aggregation.lock_customer_usage([period.customer_id], exclusive=True)
-        lines = _bill_usage(period)
-        invoice = _write_invoice(period=period, lines=lines, now=now)
-        period.status = BillingPeriod.Status.CLOSED
-        period.closed_at = now
-        period.save(update_fields=["status", "closed_at"])
-        usage_aggs = UsageAggregate.objects.filter(line__invoice=invoice)
-        record_audit(
-            action="period.closed",
-            obj=period,
-            customer_external_id=period.customer.external_id,
-            data={
-                "invoice_id": invoice.pk,
-                "period_start": period.start,
-                "period_end": period.end,
-                "event_count": sum(a.event_count for a in usage_aggs),
-                "quantities": {
-                    f"{line.kind}:{line.meter.code if line.meter else '-'}": str(line.quantity)
-                    for line in invoice.lines.select_related("meter")
-                },
-                "total_minor": invoice.total_minor,
-            },
+        if not periods:
+            return {}
+        periods = _first_in_line(periods)
+        if not periods:
+            return {}
+        customer_ids = sorted(p.customer_id for p in periods)
+        aggregation.lock_customer_usage(customer_ids, exclusive=True)
+        # Under the exclusive locks: these customers' events up to `through` are committed,
+        # and `after` is each one's watermark at its previous close.
+        through = aggregation.usage_watermark()
+        after = aggregation.previous_watermarks(customer_ids)
+
+        caps = _caps(periods)
+        late = aggregation.late_customers(
+            customer_ids=customer_ids,
+            before={p.customer_id: p.start for p in periods},
+            after=after,
+            through=through,
         )
-        record_audit(
-            action="invoice.created",
-            obj=invoice,
-            customer_external_id=period.customer.external_id,
-            data={
-                "period_id": period.pk,
-                "status": invoice.status,
-                "total_minor": invoice.total_minor,
-            },
+        lines_by_period: dict[int, list[LineDraft]] = {}
+        event_counts: dict[int, int] = {}
+        windows: dict[tuple[datetime, datetime], list[BillingPeriod]] = defaultdict(list)
+        for period in periods:
+            windows[(period.start, period.end)].append(period)
+        for (start, end), group in windows.items():
+            _bill_window(start, end, group, run, through, lines_by_period, event_counts)
+        for period in periods:
+            lines = lines_by_period[period.pk]
+            lines.extend(_cap_credit_for_new_period(period, lines, caps.get(period.pk)))
+            if period.customer_id in late:
+                late_lines = _bill_late_usage(
+                    period, run, after=after.get(period.customer_id, 0), through=through
+                )
+                lines.extend(late_lines)
+        invoices = _write_invoices(periods=periods, lines_by_period=lines_by_period, now=now)
+        BillingPeriod.objects.filter(pk__in=[p.pk for p in periods]).update(
+            status=BillingPeriod.Status.CLOSED, closed_at=now
         )
-    return invoice
+        AuditEntry.objects.bulk_create(
+            entry
+            for period in periods
+            for entry in _audit_entries(
+                period, invoices[period.pk], lines_by_period[period.pk], event_counts[period.pk]
+            )
+        )
+    return invoices
 
 
-def _bill_usage(period: BillingPeriod) -> list[LineDraft]:
-    """Aggregate and stamp the period's events, and the late events of closed periods."""
-    meters = {m.pk: m for m in Meter.objects.all()}
-    specs = plan_price_specs(period.plan)
-    lines: list[LineDraft] = []
-    aggregates = aggregation.bill_usage_window(
-        customer_id=period.customer_id,
-        window_start=period.start,
-        window_end=period.end,
-        billed_through=period.end,
-        kind=UsageAggregate.Kind.USAGE,
-        always_meter_ids=specs.keys(),
+def _first_in_line(periods: list[BillingPeriod]) -> list[BillingPeriod]:
+    """Keep each customer's periods only if no earlier period of that customer is open."""
+    customer_ids = {p.customer_id for p in periods}
+    unclosed: dict[int, list[datetime]] = defaultdict(list)
+    for customer_id, start in (
+        BillingPeriod.objects.filter(customer_id__in=customer_ids)
+        .exclude(status=BillingPeriod.Status.CLOSED)
+        .values_list("customer_id", "start")
+    ):
+        unclosed[customer_id].append(start)
+    return [p for p in periods if min(unclosed[p.customer_id]) == p.start]
+
+
+def _caps(periods: list[BillingPeriod]) -> dict[int, int | None]:
+    """The cap that limits each period (see budgets.cap_for_period), in two queries."""
+    customer_ids = [p.customer_id for p in periods]
+    states = {
+        (s.customer_id, s.period_start): s
+        for s in BudgetPeriodState.objects.filter(customer_id__in=customer_ids)
+    }
+    current = dict(
+        BudgetCap.objects.filter(customer_id__in=customer_ids).values_list(
+            "customer_id", "cap_minor"
+        )
     )
-    for aggregate in sorted(aggregates, key=lambda a: meters[a.meter_id].code):
+    caps: dict[int, int | None] = {}
+    for period in periods:
+        state = states.get((period.customer_id, period.start))
+        if state is None:
+            caps[period.pk] = current.get(period.customer_id)
+        else:
+            caps[period.pk] = None if state.acknowledged_at else state.cap_minor
+    return caps
+
+
+def _bill_window(
+    start: datetime,
+    end: datetime,
+    periods: list[BillingPeriod],
+    run: _Run,
+    through: int,
+    lines_by_period: dict[int, list[LineDraft]],
+    event_counts: dict[int, int],
+) -> None:
+    """Aggregate the events of periods sharing a window (never billed before, so all of
+    their events up to the watermark) and write one aggregate per customer and meter."""
+    customer_ids = [p.customer_id for p in periods]
+    usage = aggregation.summarize_customers(
+        customer_ids=customer_ids, start=start, end=end, meters=run.meters, through=through
+    )
+    used: dict[int, set[int]] = defaultdict(set)
+    for customer_id, meter_id in usage:
+        used[customer_id].add(meter_id)
+    aggregates: list[UsageAggregate] = []
+    for period in periods:
+        specs = run.specs_for(period.plan)
+        meter_ids = used[period.customer_id] | set(specs)
+        for meter_id in sorted(meter_ids, key=lambda pk: run.meters[pk].code):
+            found = usage.get((period.customer_id, meter_id))
+            aggregates.append(
+                UsageAggregate(
+                    customer_id=period.customer_id,
+                    meter_id=meter_id,
+                    kind=UsageAggregate.Kind.USAGE,
+                    window_start=start,
+                    window_end=end,
+                    billed_through=end,
+                    event_pk_after=0,
+                    event_pk_through=through,
+                    quantity=found.quantity if found else Decimal(0),
+                    cumulative_quantity=found.quantity if found else Decimal(0),
+                    event_count=found.new_count if found else 0,
+                    first_event_at=found.new_first if found else None,
+                    last_event_at=found.new_last if found else None,
+                )
+            )
+    UsageAggregate.objects.bulk_create(aggregates)
+    by_customer = {p.customer_id: p for p in periods}
+    for period in periods:
+        lines_by_period[period.pk] = []
+        event_counts[period.pk] = 0
+    for aggregate in aggregates:
+        period = by_customer[aggregate.customer_id]
         line = usage_line(
-            meter=meters[aggregate.meter_id],
-            spec=specs.get(aggregate.meter_id),
+            meter=run.meters[aggregate.meter_id],
+            spec=run.specs_for(period.plan).get(aggregate.meter_id),
             quantity=aggregate.cumulative_quantity,
         )
         line.aggregate_id = aggregate.pk
-        lines.append(line)
-    lines.extend(_cap_credit(period, lines, label="this period"))
-    lines.extend(_bill_late_usage(period, meters))
-    return lines
+        lines_by_period[period.pk].append(line)
+        event_counts[period.pk] += aggregate.event_count
 
 
-def _cap_credit(
-    period: BillingPeriod, new_lines: list[LineDraft], *, label: str
+def _cap_credit_for_new_period(
+    period: BillingPeriod, lines: list[LineDraft], cap: int | None
 ) -> list[LineDraft]:
-    """A cap credit line for `period` when what it bills would exceed an unacknowledged cap.
+    """A closing period has no earlier lines: it bills min(total, cap)."""
+    total = sum(line.amount_minor for line in lines)
+    if cap is None or total <= cap:
+        return []
+    return [
+        _cap_credit_line(period, cap=cap, uncapped=total, credit=cap - total, label="this period")
+    ]
 
-    What a period bills over all invoices is min(uncapped usage, cap). `new_lines` are this
-    close's usage or adjustment lines for the period; what earlier invoices billed for it
-    (usage, adjustments and credits) is counted, so late usage beyond the cap is offset too.
+
+def _cap_credit_line(
+    period: BillingPeriod, *, cap: int, uncapped: int, credit: int, label: str
+) -> LineDraft:
+    return LineDraft(
+        kind=InvoiceLine.Kind.CAP_CREDIT,
+        meter=None,
+        description=f"Budget cap credit ({label}): usage beyond the cap is not charged",
+        quantity=Decimal(0),
+        amount_minor=credit,
+        pricing={"cap_minor": cap, "uncapped_minor": uncapped},
+        source_period_id=period.pk,
+    )
+
+
+def _cap_credit_for_late_usage(
+    source: BillingPeriod, new_lines: list[LineDraft], *, label: str
+) -> list[LineDraft]:
+    """Late usage of a capped period: offset what would take its total over the cap.
+
+    What a period bills over all invoices is min(uncapped usage, cap); what earlier invoices
+    billed for it (usage, adjustments and credits) is counted.
     """
-    cap = budgets.cap_for_period(customer_id=period.customer_id, period_start=period.start)
+    cap = budgets.cap_for_period(customer_id=source.customer_id, period_start=source.start)
     if cap is None:
         return []
     earlier = InvoiceLine.objects.filter(
-        Q(invoice__period=period, source_period__isnull=True) | Q(source_period=period)
+        Q(invoice__period=source, source_period__isnull=True) | Q(source_period=source)
     )
     earlier_uncapped = sum(
         earlier.exclude(kind=InvoiceLine.Kind.CAP_CREDIT).values_list("amount_minor", flat=True)
     )
     earlier_net = sum(earlier.values_list("amount_minor", flat=True))
     new_amount = sum(line.amount_minor for line in new_lines)
-    capped_total = min(earlier_uncapped + new_amount, cap)
-    credit = capped_total - earlier_net - new_amount  # <= 0
+    credit = min(earlier_uncapped + new_amount, cap) - earlier_net - new_amount  # <= 0
     if credit >= 0:
         return []
     return [
-        LineDraft(
-            kind=InvoiceLine.Kind.CAP_CREDIT,
-            meter=None,
-            description=f"Budget cap credit ({label}): usage beyond the cap is not charged",
-            quantity=Decimal(0),
-            amount_minor=credit,
-            pricing={"cap_minor": cap, "uncapped_minor": earlier_uncapped + new_amount},
-            source_period_id=period.pk,
+        _cap_credit_line(
+            source, cap=cap, uncapped=earlier_uncapped + new_amount, credit=credit, label=label
         )
     ]
 
 
-def _bill_late_usage(period: BillingPeriod, meters: dict[int, Meter]) -> list[LineDraft]:
+# The one window for usage from before a customer's first period, so that repeated late
+# arrivals there chain their cumulative quantities like any other window's.
+BEFORE_FIRST_PERIOD = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _bill_late_usage(
+    period: BillingPeriod, run: _Run, *, after: int, through: int
+) -> list[LineDraft]:
     """Adjustment lines for events of already-closed periods (and of time before the first
-    period) that no aggregate has billed yet."""
+    period) that arrived after the customer's previous close (id in (after, through]); the
+    rare path, one customer at a time."""
     customer_id = period.customer_id
-    earliest = aggregation.earliest_unbilled_before(customer_id=customer_id, before=period.start)
+    earliest = aggregation.earliest_unbilled_before(
+        customer_id=customer_id, before=period.start, after=after, through=through
+    )
     if earliest is None:
         return []
     unbilled = UsageEvent.objects.filter(
         customer_id=customer_id,
-        aggregate__isnull=True,
+        pk__gt=after,
+        pk__lte=through,
         timestamp__gte=OuterRef("start"),
         timestamp__lt=OuterRef("end"),
     )
@@ -215,12 +366,12 @@ def _bill_late_usage(period: BillingPeriod, meters: dict[int, Meter]) -> list[Li
     )
     if first_start is not None and earliest < first_start:
         # Usage from before the subscription's first period: billed now, at this period's plan.
-        windows.insert(0, (earliest, first_start, None, period.plan))
+        windows.insert(0, (BEFORE_FIRST_PERIOD, first_start, None, period.plan))
 
     lines: list[LineDraft] = []
     for start, end, source, plan in windows:
         window_lines: list[LineDraft] = []
-        specs = plan_price_specs(plan)
+        specs = run.specs_for(plan)
         label = (
             f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
             if source is not None
@@ -232,9 +383,11 @@ def _bill_late_usage(period: BillingPeriod, meters: dict[int, Meter]) -> list[Li
             window_end=end,
             billed_through=period.end,
             kind=UsageAggregate.Kind.ADJUSTMENT,
+            after=after,
+            through=through,
         ):
             line = adjustment_line(
-                meter=meters[aggregate.meter_id],
+                meter=run.meters[aggregate.meter_id],
                 spec=specs.get(aggregate.meter_id),
                 previous=aggregate.cumulative_quantity - aggregate.quantity,
                 cumulative=aggregate.cumulative_quantity,
@@ -245,21 +398,29 @@ def _bill_late_usage(period: BillingPeriod, meters: dict[int, Meter]) -> list[Li
             window_lines.append(line)
         lines.extend(window_lines)
         if source is not None:
-            lines.extend(_cap_credit(source, window_lines, label=label))
+            lines.extend(_cap_credit_for_late_usage(source, window_lines, label=label))
     return lines
 
 
-def _write_invoice(*, period: BillingPeriod, lines: list[LineDraft], now: datetime) -> Invoice:
-    invoice = Invoice.objects.create(
-        customer=period.customer,
-        period=period,
-        currency=period.plan.currency,
-        total_minor=sum(line.amount_minor for line in lines),
-        finalize_after=now + timedelta(seconds=settings.BILLING_REVIEW_PERIOD),
+def _write_invoices(
+    *, periods: list[BillingPeriod], lines_by_period: dict[int, list[LineDraft]], now: datetime
+) -> dict[int, Invoice]:
+    """One draft invoice per period and its lines, in two INSERTs."""
+    finalize_after = now + timedelta(seconds=settings.BILLING_REVIEW_PERIOD)
+    invoices = Invoice.objects.bulk_create(
+        Invoice(
+            customer=period.customer,
+            period=period,
+            currency=period.plan.currency,
+            total_minor=sum(line.amount_minor for line in lines_by_period[period.pk]),
+            finalize_after=finalize_after,
+        )
+        for period in periods
     )
+    by_period = {invoice.period_id: invoice for invoice in invoices}
     InvoiceLine.objects.bulk_create(
         InvoiceLine(
-            invoice=invoice,
+            invoice=by_period[period.pk],
             position=position,
             kind=line.kind,
             aggregate_id=line.aggregate_id,
@@ -270,6 +431,43 @@ def _write_invoice(*, period: BillingPeriod, lines: list[LineDraft], now: dateti
             amount_minor=line.amount_minor,
             pricing=line.pricing,
         )
-        for position, line in enumerate(lines, start=1)
+        for period in periods
+        for position, line in enumerate(lines_by_period[period.pk], start=1)
     )
-    return invoice
+    return by_period
+
+
+def _audit_entries(
+    period: BillingPeriod, invoice: Invoice, lines: list[LineDraft], event_count: int
+) -> list[AuditEntry]:
+    external_id = period.customer.external_id
+    return [
+        build_audit_entry(
+            action="period.closed",
+            obj=period,
+            customer_external_id=external_id,
+            data={
+                "invoice_id": invoice.pk,
+                "period_start": period.start,
+                "period_end": period.end,
+                "event_count": event_count,
+                "quantities": {
+                    f"{line.kind}:{line.meter.code if line.meter else '-'}": str(line.quantity)
+                    for line in lines
+                    if line.kind == InvoiceLine.Kind.USAGE
+                },
+                "total_minor": invoice.total_minor,
+            },
+        ),
+        build_audit_entry(
+            action="invoice.created",
+            obj=invoice,
+            customer_external_id=external_id,
+            data={
+                "period_id": period.pk,
+                "status": invoice.status,
+                "total_minor": invoice.total_minor,
+                "lines": len(lines),
+            },
+        ),
+    ]

@@ -10,9 +10,10 @@ from collections import defaultdict
 from datetime import UTC
 from decimal import Decimal
 
-from django.db.models import Count, Sum
-from django.db.models.functions import TruncHour
+from django.db.models import Count, Max, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce, TruncHour
 
+from invoicing.backends import get_backend
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.pricing import plan_price_specs
 from invoicing.rating import rate
@@ -29,6 +30,7 @@ def reconcile() -> list[str]:
     problems += _periods_have_one_invoice()
     problems += _no_event_left_behind()
     problems += _rollups_match_events()
+    problems += get_backend().reconcile()  # what the billing backend holds (Stripe)
     return problems
 
 
@@ -56,19 +58,29 @@ def _rollups_match_events() -> list[str]:
 
 
 def _aggregates_match_events() -> list[str]:
+    """Each aggregate's event count and cumulative quantity, recomputed from its events."""
     problems: list[str] = []
-    stamped = dict(
-        UsageEvent.objects.filter(aggregate__isnull=False)
-        .values("aggregate_id")
+    counted = (
+        UsageEvent.objects.filter(
+            customer_id=OuterRef("customer_id"),
+            meter_id=OuterRef("meter_id"),
+            timestamp__gte=OuterRef("window_start"),
+            timestamp__lt=OuterRef("window_end"),
+            pk__gt=OuterRef("event_pk_after"),
+            pk__lte=OuterRef("event_pk_through"),
+        )
+        .values("meter_id")
         .annotate(n=Count("id"))
-        .values_list("aggregate_id", "n")
+        .values("n")
     )
     windows: dict[tuple[int, int, object], list[UsageAggregate]] = defaultdict(list)
-    for agg in UsageAggregate.objects.order_by("billed_through"):
-        if stamped.get(agg.pk, 0) != agg.event_count:
+    for agg in UsageAggregate.objects.annotate(found=Coalesce(Subquery(counted), 0)).order_by(
+        "billed_through"
+    ):
+        if agg.found != agg.event_count:
             problems.append(
                 f"aggregate {agg.pk}: records {agg.event_count} events, "
-                f"{stamped.get(agg.pk, 0)} events point to it"
+                f"its id range holds {agg.found}"
             )
         windows[(agg.customer_id, agg.meter_id, agg.window_start)].append(agg)
     meters = {m.pk: m for m in Meter.objects.all()}
@@ -86,7 +98,7 @@ def _aggregates_match_events() -> list[str]:
             start=last.window_start,
             end=last.window_end,
             meters=meters,
-            billed_only=True,
+            through=last.event_pk_through,
         ).get(meter_id)
         quantity = recomputed.quantity if recomputed else Decimal(0)
         if quantity != last.cumulative_quantity:
@@ -158,19 +170,34 @@ def _periods_have_one_invoice() -> list[str]:
 
 
 def _no_event_left_behind() -> list[str]:
-    """An event in a closed period that arrived before the close must have been billed."""
+    """Every event before a customer's last closed period's end that arrived before that
+    close (id up to its watermark) is billed by exactly one aggregate: the counts agree."""
     problems: list[str] = []
-    for period in BillingPeriod.objects.filter(status=BillingPeriod.Status.CLOSED):
-        missed = UsageEvent.objects.filter(
-            customer_id=period.customer_id,
-            timestamp__gte=period.start,
-            timestamp__lt=period.end,
-            received_at__lt=period.closed_at,
-            aggregate__isnull=True,
+    last_close = {
+        row["customer_id"]: row
+        for row in BillingPeriod.objects.filter(status=BillingPeriod.Status.CLOSED)
+        .values("customer_id")
+        .annotate(end=Max("end"))
+    }
+    watermarks = dict(
+        UsageAggregate.objects.values("customer_id")
+        .annotate(through=Max("event_pk_through"))
+        .values_list("customer_id", "through")
+    )
+    billed = dict(
+        UsageAggregate.objects.values("customer_id")
+        .annotate(n=Sum("event_count"))
+        .values_list("customer_id", "n")
+    )
+    for customer_id, row in last_close.items():
+        expected = UsageEvent.objects.filter(
+            customer_id=customer_id,
+            timestamp__lt=row["end"],
+            pk__lte=watermarks.get(customer_id, 0),
         ).count()
-        if missed:
+        if expected != (billed.get(customer_id) or 0):
             problems.append(
-                f"period {period.pk} ({period}): {missed} event(s) received before its close "
-                "were never billed"
+                f"customer {customer_id}: {expected} events up to its last close, "
+                f"{billed.get(customer_id) or 0} billed"
             )
     return problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 
 from invoicing import periods
 from invoicing.models import BillingPeriod, Interval, PricePlan, Subscription
@@ -126,57 +126,81 @@ def _next_bounds(subscription: Subscription, start: datetime, plan: PricePlan) -
     return periods.Period(start, bounds.end)
 
 
+def _first_start(subscription: Subscription) -> datetime:
+    return periods.period_containing(
+        subscription.started_at,
+        anchor=subscription.anchor,
+        interval=subscription.plan.interval,
+        tz=subscription.customer.timezone,
+    ).start
+
+
+def _missing_periods(subscription: Subscription, *, now: datetime) -> list[BillingPeriod]:
+    """Unsaved period rows from where the subscription's periods end up to the one
+    containing `now` (at most MAX_PERIODS_PER_RUN; the next run continues)."""
+    start = subscription.periods_until or _first_start(subscription)
+    missing: list[BillingPeriod] = []
+    while start <= now and len(missing) < MAX_PERIODS_PER_RUN:
+        bounds = _next_bounds(subscription, start, subscription.plan)
+        missing.append(
+            BillingPeriod(
+                customer=subscription.customer,
+                plan=subscription.plan,
+                start=bounds.start,
+                end=bounds.end,
+                status=BillingPeriod.Status.OPEN,
+            )
+        )
+        start = bounds.end
+    return missing
+
+
 def ensure_periods(*, subscription: Subscription, now: datetime) -> list[BillingPeriod]:
-    """Create the missing period rows up to the one containing `now` (idempotent)."""
-    created: list[BillingPeriod] = []
+    """Create the missing period rows of one subscription up to the one containing `now`
+    (idempotent: the subscription row is locked, and (customer, start) is unique)."""
     with transaction.atomic():
         locked = (
             Subscription.objects.select_for_update()
             .select_related("customer", "plan")
             .get(pk=subscription.pk)
         )
-        if locked.periods_until is None:
-            first = periods.period_containing(
-                locked.started_at,
-                anchor=locked.anchor,
-                interval=locked.plan.interval,
-                tz=locked.customer.timezone,
-            )
-            start = first.start
-        else:
-            start = locked.periods_until
-        while start <= now and len(created) < MAX_PERIODS_PER_RUN:
-            bounds = _next_bounds(locked, start, locked.plan)
-            try:
-                with transaction.atomic():
-                    period = BillingPeriod.objects.create(
-                        customer=locked.customer,
-                        plan=locked.plan,
-                        start=bounds.start,
-                        end=bounds.end,
-                        status=BillingPeriod.Status.OPEN,
-                    )
-            except IntegrityError:
-                period = BillingPeriod.objects.get(customer=locked.customer, start=bounds.start)
-            created.append(period)
-            start = period.end
-        if locked.periods_until != start:
-            locked.periods_until = start
+        missing = _missing_periods(locked, now=now)
+        if missing:
+            BillingPeriod.objects.bulk_create(missing, ignore_conflicts=True)
+            locked.periods_until = missing[-1].end
             locked.save(update_fields=["periods_until", "updated_at"])
-    return created
+    return missing
 
 
-def roll_subscriptions(*, now: datetime) -> int:
-    """Create the next periods of every subscription whose latest period has ended, and mark
-    ended open periods `closing` (their grace period runs). Returns periods created."""
-    count = 0
-    due = Subscription.objects.filter(periods_until__lte=now).order_by("pk")
-    for subscription_id in due.values_list("pk", flat=True).iterator():
-        count += len(ensure_periods(subscription=Subscription(pk=subscription_id), now=now))
+def roll_subscriptions(*, now: datetime, batch_size: int = 1000) -> int:
+    """Create the next periods of every subscription whose latest period has ended, in
+    batches (locked with SKIP LOCKED, so concurrent rollers share the work), and mark ended
+    open periods `closing` (their grace period runs). Returns the periods created."""
+    created = 0
+    while True:
+        with transaction.atomic():
+            locked = Subscription.objects.select_for_update(skip_locked=True)
+            if connection.vendor == "postgresql":
+                locked = Subscription.objects.select_for_update(skip_locked=True, of=("self",))
+            due = list(
+                locked.select_related("customer", "plan")
+                .filter(periods_until__lte=now)
+                .order_by("pk")[:batch_size]
+            )
+            if not due:
+                break
+            new_periods: list[BillingPeriod] = []
+            for subscription in due:
+                missing = _missing_periods(subscription, now=now)
+                new_periods.extend(missing)
+                subscription.periods_until = missing[-1].end
+            BillingPeriod.objects.bulk_create(new_periods, ignore_conflicts=True)
+            Subscription.objects.bulk_update(due, ["periods_until"])
+            created += len(new_periods)
     BillingPeriod.objects.filter(status=BillingPeriod.Status.OPEN, end__lte=now).update(
         status=BillingPeriod.Status.CLOSING
     )
-    return count
+    return created
 
 
 def current_period(*, customer: Customer, now: datetime) -> BillingPeriod | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from rest_framework import serializers
 
 from invoicing.models import Interval, PricePlan
 from invoicing.rating import PRICE_MODELS
 from metering.currencies import CURRENCIES
-from metering.serializers import CustomerInput, ExactDecimalField
+from metering.serializers import CustomerInput, ExactDecimalField, decimal_text
 
 
 def _unit_amount(**kwargs) -> serializers.DecimalField:
@@ -53,22 +55,27 @@ class PlanOutput(serializers.ModelSerializer):
         fields = ["code", "version", "name", "currency", "interval", "prices"]
 
     def get_prices(self, plan: PricePlan) -> list[dict]:
+        """Prices as the plan JSON of DESIGN section 4: decimals as exact strings, never floats."""
+
+        def text(value: Decimal | None) -> str | None:
+            return None if value is None else decimal_text(value)
+
         return [
             {
                 "meter": price.meter.code,
                 "model": price.model,
-                "unit_amount_minor": price.unit_amount_minor,
+                "unit_amount_minor": text(price.unit_amount_minor),
                 "tiers": [
                     {
-                        "up_to": tier.up_to,
-                        "unit_amount_minor": tier.unit_amount_minor,
+                        "up_to": text(tier.up_to),
+                        "unit_amount_minor": text(tier.unit_amount_minor),
                         "flat_amount_minor": tier.flat_amount_minor,
                     }
                     for tier in price.tiers.order_by("position")
                 ],
-                "package_size": price.package_size,
+                "package_size": text(price.package_size),
                 "package_amount_minor": price.package_amount_minor,
-                "included_quantity": price.included_quantity,
+                "included_quantity": text(price.included_quantity),
                 "minimum_minor": price.minimum_minor,
             }
             for price in plan.prices.select_related("meter").order_by("meter__code")

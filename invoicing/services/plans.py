@@ -61,6 +61,20 @@ def create_plan_version(
     versions = list(
         PricePlan.objects.select_for_update().filter(code=code).values_list("version", flat=True)
     )
+    # Subscribers move to the new version below without `subscribe_customer`'s currency check,
+    # so a version in another currency would bill them in a currency they do not pay in.
+    paid_in = set(
+        Subscription.objects.filter(plan__code=code)
+        .exclude(customer__currency=currency)
+        .values_list("customer__currency", flat=True)
+    )
+    if paid_in:
+        raise PlanInvalid(
+            {
+                "currency": f"subscribers of {code} pay in {', '.join(sorted(paid_in))}; "
+                "a new version must bill in their currency"
+            }
+        )
     plan = PricePlan.objects.create(
         code=code,
         version=max(versions, default=0) + 1,

@@ -1,0 +1,749 @@
+"""Back office for finance staff: plans and prices, subscriptions, periods, invoices, audit log.
+
+Thin: every action calls a service in invoicing/services/ and never sets a status itself.
+Services audit the transitions they make (with the user passed in); what the admin does
+beyond that (editing plans and prices, asking for a period close) is audited here as
+`admin.*` entries. Rows that the books depend on are read-only: a plan version that a billing
+period uses, periods, invoices and their lines, aggregates and the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Exists, OuterRef, QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from invoicing.documents import format_unit_amount, render_invoice_document
+from invoicing.models import (
+    AuditEntry,
+    BillingPeriod,
+    Invoice,
+    InvoiceLine,
+    Price,
+    PricePlan,
+    PriceTier,
+    Subscription,
+)
+from invoicing.pricing import price_spec
+from invoicing.rating import PriceSpec, Tier, validate_price_spec
+from invoicing.services import closing, invoices, plans, subscriptions
+from invoicing.services.audit import record_audit
+from metering.currencies import format_minor
+from metering.models import UsageAggregate
+
+logger = logging.getLogger(__name__)
+
+
+def plan_in_use(plan: PricePlan | None) -> bool:
+    """Whether a billing period was opened with this plan version (it is then immutable)."""
+    if plan is None or plan.pk is None:
+        return False
+    return BillingPeriod.objects.filter(plan=plan).exists()
+
+
+def _has_model_perm(request: HttpRequest, opts: Any, action: str) -> bool:
+    return request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
+
+
+class AuditedAdminMixin:
+    """Appends every add, change and delete made through this admin to the audit log, with the
+    user and Django's change message (which lists the inline rows added, changed, deleted)."""
+
+    def _audit(self, request: HttpRequest, obj: Any, verb: str, message: Any) -> None:
+        record_audit(
+            action=f"admin.{obj._meta.model_name}_{verb}",
+            obj=obj,
+            user=request.user,
+            data={"object": str(obj), "changes": message},
+        )
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        self._audit(request, obj, "added", message)
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        self._audit(request, obj, "changed", message)
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
+        for obj in queryset:
+            self._audit(request, obj, "deleted", [])
+        return super().log_deletions(request, queryset)
+
+
+# --- Plans and prices -----------------------------------------------------------------------
+
+
+SPEC_FIELDS = [
+    "model",
+    "unit_amount_minor",
+    "package_size",
+    "package_amount_minor",
+    "included_quantity",
+    "minimum_minor",
+]
+
+
+def _spec_from_fields(data: dict[str, Any], tiers: tuple[Tier, ...]) -> PriceSpec:
+    """The rating engine's view of a price form's cleaned data (None fields stay None)."""
+    return PriceSpec(
+        model=data.get("model") or "",
+        unit_amount_minor=data.get("unit_amount_minor"),
+        tiers=tiers,
+        package_size=data.get("package_size"),
+        package_amount_minor=data.get("package_amount_minor"),
+        included_quantity=data["included_quantity"],
+        minimum_minor=data["minimum_minor"],
+    )
+
+
+def _tiers_summary(price: Price, currency: str) -> str:
+    parts = []
+    for tier in price.tiers.all():
+        bound = "∞" if tier.up_to is None else f"{tier.up_to.normalize():,f}"
+        text = f"≤ {bound}: {format_unit_amount(tier.unit_amount_minor, currency)}"
+        if tier.flat_amount_minor:
+            text += f" + {format_minor(tier.flat_amount_minor, currency)}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+class PriceInlineForm(forms.ModelForm):
+    """A price edited in its plan's page: tiers cannot be edited here (no nested inlines), so
+    the price is validated with the tiers it already has."""
+
+    class Meta:
+        model = Price
+        fields = ["meter", *SPEC_FIELDS]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data  # field errors first; the spec cannot be built yet
+        stored = price_spec(self.instance).tiers if self.instance.pk else ()
+        problems = validate_price_spec(_spec_from_fields(data, stored))
+        if problems and data.get("model") in ("graduated", "volume") and not stored:
+            problems.append("add graduated and volume prices from the Price page, with tiers")
+        if problems:
+            raise ValidationError(problems)
+        return data
+
+
+class PriceInline(admin.TabularInline):
+    model = Price
+    form = PriceInlineForm
+    extra = 0
+    show_change_link = True
+    readonly_fields = ["tiers"]
+    fields = [*PriceInlineForm.Meta.fields, "tiers"]
+
+    @admin.display(description="tiers")
+    def tiers(self, price: Price) -> str:
+        if price.pk is None:
+            return ""
+        return _tiers_summary(price, price.plan.currency)
+
+    def has_add_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
+        return super().has_add_permission(request, obj) and not plan_in_use(obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
+        return super().has_change_permission(request, obj) and not plan_in_use(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
+        return super().has_delete_permission(request, obj) and not plan_in_use(obj)
+
+
+class PricePlanForm(forms.ModelForm):
+    class Meta:
+        model = PricePlan
+        fields = ["code", "name", "currency", "interval"]
+
+    def clean_code(self) -> str:
+        code = self.cleaned_data["code"]
+        if self.instance.pk is None and PricePlan.objects.filter(code=code).exists():
+            raise ValidationError(
+                f"Plan {code} exists already. To change it, use “Copy as new version” on its "
+                "latest version in the list: subscribers move to a new version from their "
+                "next period."
+            )
+        return code
+
+
+@admin.register(PricePlan)
+class PricePlanAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = PricePlanForm
+    inlines = [PriceInline]
+    list_display = ["code", "version", "name", "currency", "interval", "in_use", "created_at"]
+    list_filter = ["currency", "interval"]
+    search_fields = ["code", "name"]
+    actions = ["copy_as_new_version"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PricePlan]:
+        used = BillingPeriod.objects.filter(plan=OuterRef("pk"))
+        return super().get_queryset(request).annotate(used=Exists(used))
+
+    @admin.display(boolean=True, description="used by a period")
+    def in_use(self, plan: PricePlan) -> bool:
+        used = getattr(plan, "used", None)
+        return plan_in_use(plan) if used is None else used
+
+    @admin.display(description="status")
+    def edit_status(self, plan: PricePlan) -> str:
+        if plan_in_use(plan):
+            return "Used by billing periods: read-only. Use “Copy as new version” to change it."
+        return "Not used by any period yet: editable."
+
+    def get_readonly_fields(self, request: HttpRequest, obj: PricePlan | None = None) -> list[str]:
+        if obj is None:
+            return ["version"]
+        fixed = ["version", "edit_status", "code", "created_at"]
+        if Subscription.objects.filter(plan=obj).exists():
+            fixed.append("currency")  # subscribers pay in it
+        return fixed
+
+    def get_fields(self, request: HttpRequest, obj: PricePlan | None = None) -> list[str]:
+        if obj is None:
+            return ["code", "version", "name", "currency", "interval"]
+        return ["edit_status", "code", "version", "name", "currency", "interval", "created_at"]
+
+    def has_change_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
+        return super().has_change_permission(request, obj) and not plan_in_use(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
+        return False  # subscriptions and periods refer to versions; a new version replaces one
+
+    @admin.action(description="Copy as new version", permissions=["add"])
+    def copy_as_new_version(self, request: HttpRequest, queryset: QuerySet[PricePlan]) -> None:
+        selected = list(queryset.order_by("code", "version"))
+        codes = [plan.code for plan in selected]
+        if len(set(codes)) != len(codes):
+            self.message_user(
+                request,
+                "Select one version per plan code: each copy becomes the newest version.",
+                level=messages.ERROR,
+            )
+            return
+        for plan in selected:
+            stored = plan.prices.select_related("meter").prefetch_related("tiers")
+            prices = [plans.PriceInput(meter=p.meter.code, spec=price_spec(p)) for p in stored]
+            try:
+                created = plans.create_plan_version(
+                    code=plan.code,
+                    name=plan.name,
+                    currency=plan.currency,
+                    interval=plan.interval,
+                    prices=prices,
+                    user=request.user,
+                )
+            except plans.PlanInvalid as exc:
+                self.message_user(request, f"{plan}: {exc}", level=messages.ERROR)
+                continue
+            self.message_user(
+                request,
+                f"Created {created} from version {plan.version}. Its subscribers move to it from "
+                "their next period; edit its prices before then.",
+                level=messages.SUCCESS,
+            )
+
+
+class PriceTierFormSet(BaseInlineFormSet):
+    """Validates the price being saved together with its tiers, as the rating engine will see
+    them, so a price that cannot be rated is never stored."""
+
+    def clean(self) -> None:
+        super().clean()
+        if any(form.errors for form in self.forms) or self.non_form_errors():
+            return
+        kept = [
+            form.cleaned_data
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE")
+        ]
+        kept.sort(key=lambda data: data["position"])
+        tiers = tuple(
+            Tier(
+                up_to=data.get("up_to"),
+                unit_amount_minor=data["unit_amount_minor"],
+                flat_amount_minor=data["flat_amount_minor"],
+            )
+            for data in kept
+        )
+        price: Price = self.instance  # carries the price form's cleaned values
+        fields = {name: getattr(price, name) for name in SPEC_FIELDS}
+        problems = validate_price_spec(_spec_from_fields(fields, tiers))
+        if problems:
+            raise ValidationError(problems)
+
+
+class PriceTierInline(admin.TabularInline):
+    model = PriceTier
+    formset = PriceTierFormSet
+    fields = ["position", "up_to", "unit_amount_minor", "flat_amount_minor"]
+    extra = 1
+
+    def has_add_permission(self, request: HttpRequest, obj: Price | None = None) -> bool:
+        return super().has_add_permission(request, obj) and not _price_locked(obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Price | None = None) -> bool:
+        return super().has_change_permission(request, obj) and not _price_locked(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Price | None = None) -> bool:
+        return super().has_delete_permission(request, obj) and not _price_locked(obj)
+
+
+def _price_locked(price: Price | None) -> bool:
+    return price is not None and price.pk is not None and plan_in_use(price.plan)
+
+
+class PriceForm(forms.ModelForm):
+    class Meta:
+        model = Price
+        fields = ["plan", *PriceInlineForm.Meta.fields]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        # The plan is read-only once the price exists, so Django skips the (plan, meter)
+        # uniqueness check; make it here instead of failing on the constraint.
+        meter = data.get("meter")
+        if self.instance.pk and meter is not None:
+            others = Price.objects.filter(plan_id=self.instance.plan_id, meter=meter)
+            if others.exclude(pk=self.instance.pk).exists():
+                self.add_error("meter", f"{meter} is priced already in this plan")
+        return data
+
+
+@admin.register(Price)
+class PriceAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = PriceForm
+    inlines = [PriceTierInline]
+    list_display = ["plan", "meter", "model", "included_quantity", "minimum_minor"]
+    list_filter = ["plan__code", "model"]
+    list_select_related = ["plan", "meter"]
+    search_fields = ["plan__code", "meter__code"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Price | None = None) -> list[str]:
+        return ["plan"] if obj is not None else []
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "plan":
+            used = BillingPeriod.objects.filter(plan=OuterRef("pk"))
+            kwargs["queryset"] = PricePlan.objects.exclude(Exists(used))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # bulk delete would skip the in-use check
+        return actions
+
+    def has_change_permission(self, request: HttpRequest, obj: Price | None = None) -> bool:
+        return super().has_change_permission(request, obj) and not _price_locked(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Price | None = None) -> bool:
+        return super().has_delete_permission(request, obj) and not _price_locked(obj)
+
+
+# --- Subscriptions --------------------------------------------------------------------------
+
+
+class SubscriptionForm(forms.ModelForm):
+    class Meta:
+        model = Subscription
+        fields = ["customer", "plan"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        customer = data.get("customer") or getattr(self.instance, "customer", None)
+        plan = data.get("plan")
+        if customer is not None and plan is not None and plan.currency != customer.currency:
+            self.add_error(
+                "plan",
+                f"{plan} bills in {plan.currency} but the customer pays in {customer.currency}",
+            )
+        return data
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    """Saving goes through `subscribe_customer`, which audits it: a new subscription opens its
+    first period now; a new plan applies from the next period."""
+
+    form = SubscriptionForm
+    list_display = ["customer", "plan", "anchor", "started_at", "periods_until"]
+    list_filter = ["plan__code"]
+    list_select_related = ["customer", "plan"]
+    search_fields = ["customer__external_id", "customer__name"]
+
+    def get_fields(self, request: HttpRequest, obj: Subscription | None = None) -> list[str]:
+        if obj is None:
+            return ["customer", "plan"]
+        return ["customer", "plan", "anchor", "started_at", "periods_until"]
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Subscription | None = None
+    ) -> list[str]:
+        if obj is None:
+            return []
+        return ["customer", "anchor", "started_at", "periods_until"]
+
+    def save_model(
+        self, request: HttpRequest, obj: Subscription, form: forms.ModelForm, change: bool
+    ) -> None:
+        customer = obj.customer if change else form.cleaned_data["customer"]
+        saved = subscriptions.subscribe_customer(
+            customer=customer,
+            plan=form.cleaned_data["plan"],
+            now=timezone.now(),
+            user=request.user,
+        )
+        obj.pk = saved.pk  # the admin's redirect and messages use the saved row
+        obj.anchor, obj.started_at = saved.anchor, saved.started_at
+
+    def has_delete_permission(self, request: HttpRequest, obj: Subscription | None = None) -> bool:
+        return False
+
+
+# --- Billing periods ------------------------------------------------------------------------
+
+
+@admin.register(BillingPeriod)
+class BillingPeriodAdmin(admin.ModelAdmin):
+    list_display = ["customer", "plan", "start", "end", "status", "closed_at", "invoice_link"]
+    list_filter = ["status", "customer", "plan"]
+    list_select_related = ["customer", "plan", "invoice"]
+    date_hierarchy = "start"
+    search_fields = ["customer__external_id"]
+    fields = ["customer", "plan", "start", "end", "status", "closed_at", "invoice_link"]
+    readonly_fields = ["invoice_link"]
+    actions = ["close_now"]
+
+    @admin.display(description="invoice")
+    def invoice_link(self, period: BillingPeriod) -> str:
+        invoice = getattr(period, "invoice", None)
+        if invoice is None:
+            return "-"
+        url = reverse("admin:invoicing_invoice_change", args=[invoice.pk])
+        return format_html('<a href="{}">{}</a>', url, invoice)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: BillingPeriod | None = None) -> bool:
+        return False  # periods change only by closing (the action below)
+
+    def has_delete_permission(self, request: HttpRequest, obj: BillingPeriod | None = None) -> bool:
+        return False
+
+    def has_close_permission(self, request: HttpRequest) -> bool:
+        return _has_model_perm(request, self.opts, "change")
+
+    @admin.action(description="Close now (if due)", permissions=["close"])
+    def close_now(self, request: HttpRequest, queryset: QuerySet[BillingPeriod]) -> None:
+        """Close each selected period that is past its end plus the grace period; the close is
+        the same as the beat task's, so a closed period is never closed twice."""
+        outcomes: dict[str, list[str]] = {"closed": [], "already": [], "not_due": [], "failed": []}
+        for period in queryset.select_related("customer").order_by("end", "pk"):
+            was_closed = period.status == BillingPeriod.Status.CLOSED
+            data: dict[str, Any] = {}
+            try:
+                invoice = closing.close_billing_period(period_id=period.pk, now=timezone.now())
+            except Exception as exc:  # one period's failure must not hide the others' outcome
+                logger.exception("closing period %s from the admin failed", period.pk)
+                outcome, data["error"] = "failed", f"{type(exc).__name__}: {exc}"
+            else:
+                if invoice is None:
+                    outcome = "not_due"
+                else:
+                    outcome = "already" if was_closed else "closed"
+                    data["invoice_id"] = invoice.pk
+            outcomes[outcome].append(str(period))
+            # The close audits itself as the system; this entry says who asked for it.
+            record_audit(
+                action="admin.period_close_requested",
+                obj=period,
+                user=request.user,
+                customer_external_id=period.customer.external_id,
+                data={"outcome": outcome, **data},
+            )
+        reports = [
+            ("closed", messages.SUCCESS, "Closed"),
+            ("already", messages.INFO, "Already closed"),
+            ("not_due", messages.WARNING, "Not due yet (or an earlier period is open)"),
+            ("failed", messages.ERROR, "Failed, see the log"),
+        ]
+        for key, level, label in reports:
+            if outcomes[key]:
+                self.message_user(request, f"{label}: {', '.join(outcomes[key])}", level=level)
+
+
+# --- Invoices -------------------------------------------------------------------------------
+
+
+class InvoiceLineInline(admin.TabularInline):
+    """Lines are written only by the close: always read-only."""
+
+    model = InvoiceLine
+    fields = ["position", "kind", "meter", "description", "quantity", "amount", "source_period"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[InvoiceLine]:
+        return super().get_queryset(request).select_related("invoice", "meter", "source_period")
+
+    @admin.display(description="amount")
+    def amount(self, line: InvoiceLine) -> str:
+        return format_minor(line.amount_minor, line.invoice.currency)
+
+    def has_add_permission(self, request: HttpRequest, obj: Invoice | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Invoice | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Invoice | None = None) -> bool:
+        return False
+
+
+class VoidInvoicesForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=1000,
+        help_text="Recorded on the invoice and in the audit log.",
+    )
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    list_display = [
+        "display_number",
+        "customer",
+        "period_start",
+        "period_end",
+        "status",
+        "total",
+        "created_at",
+        "document_link",
+    ]
+    list_filter = ["status", "customer", ("period__start", admin.DateFieldListFilter)]
+    list_select_related = ["customer", "period"]
+    search_fields = ["number", "customer__external_id"]
+    inlines = [InvoiceLineInline]
+    fields = [
+        "display_number",
+        "customer",
+        "period",
+        "status",
+        "currency",
+        "total",
+        "document_link",
+        "created_at",
+        "summary_sent_at",
+        "finalize_after",
+        "finalized_at",
+        "paid_at",
+        "voided_at",
+        "void_reason",
+    ]
+    readonly_fields = fields
+    actions = ["finalize", "mark_paid", "mark_uncollectible", "void_invoices"]
+
+    @admin.display(description="number", ordering="number")
+    def display_number(self, invoice: Invoice) -> str:
+        return invoice.number or f"DRAFT #{invoice.pk}"
+
+    @admin.display(description="period start", ordering="period__start")
+    def period_start(self, invoice: Invoice) -> Any:
+        return invoice.period.start
+
+    @admin.display(description="period end", ordering="period__end")
+    def period_end(self, invoice: Invoice) -> Any:
+        return invoice.period.end
+
+    @admin.display(description="total", ordering="total_minor")
+    def total(self, invoice: Invoice) -> str:
+        return format_minor(invoice.total_minor, invoice.currency)
+
+    @admin.display(description="document")
+    def document_link(self, invoice: Invoice) -> str:
+        url = reverse("admin:invoicing_invoice_document", args=[invoice.pk])
+        return format_html('<a href="{}" target="_blank" rel="noopener">View document</a>', url)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Invoice | None = None) -> bool:
+        return False  # an invoice changes only through its transitions (the actions)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Invoice | None = None) -> bool:
+        return False
+
+    def has_transition_permission(self, request: HttpRequest) -> bool:
+        return _has_model_perm(request, self.opts, "change")
+
+    def get_urls(self) -> list[Any]:
+        document = path(
+            "<path:object_id>/document/",
+            self.admin_site.admin_view(self.document_view),
+            name="invoicing_invoice_document",
+        )
+        return [document, *super().get_urls()]
+
+    def document_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The print-ready invoice document (staff only, with view permission)."""
+        invoice = self.get_object(request, unquote(object_id))
+        if invoice is None:
+            raise Http404("no such invoice")
+        if not self.has_view_permission(request, invoice):
+            raise PermissionDenied
+        response = HttpResponse(render_invoice_document(invoice))
+        # The page is self-contained: refuse anything it might try to load.
+        response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+        return response
+
+    def _apply(self, request: HttpRequest, queryset: QuerySet[Invoice], to: str, call: Any) -> None:
+        """Run one transition service per invoice; report what changed and what was refused."""
+        done, unchanged = [], []
+        for invoice in queryset.order_by("pk"):
+            if invoice.status == to:
+                unchanged.append(str(invoice))
+                continue
+            try:
+                result = call(invoice_id=invoice.pk, now=timezone.now(), user=request.user)
+            except invoices.TransitionNotAllowed as exc:
+                self.message_user(request, str(exc), level=messages.ERROR)
+                continue
+            done.append(str(result))
+        label = Invoice.Status(to).label.lower()
+        if done:
+            self.message_user(request, f"Now {label}: {', '.join(done)}", level=messages.SUCCESS)
+        if unchanged:
+            self.message_user(request, f"Already {label}: {', '.join(unchanged)}")
+
+    @admin.action(description="Finalize (assign numbers)", permissions=["transition"])
+    def finalize(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        self._apply(request, queryset, Invoice.Status.FINALIZED, invoices.finalize_invoice)
+
+    @admin.action(description="Mark paid", permissions=["transition"])
+    def mark_paid(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        self._apply(request, queryset, Invoice.Status.PAID, invoices.mark_invoice_paid)
+
+    @admin.action(description="Mark uncollectible", permissions=["transition"])
+    def mark_uncollectible(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        self._apply(
+            request, queryset, Invoice.Status.UNCOLLECTIBLE, invoices.mark_invoice_uncollectible
+        )
+
+    @admin.action(description="Void (asks for a reason)", permissions=["transition"])
+    def void_invoices(
+        self, request: HttpRequest, queryset: QuerySet[Invoice]
+    ) -> TemplateResponse | None:
+        """First call: a page listing the invoices with a required reason. Second call (the
+        page's form, marked with `post`): void each one with that reason."""
+        selected = list(queryset.select_related("customer", "period").order_by("pk"))
+        form = VoidInvoicesForm(request.POST if "post" in request.POST else None)
+        if form.is_valid():
+            reason = form.cleaned_data["reason"]
+
+            def void(**kwargs: Any) -> Invoice:
+                return invoices.void_invoice(reason=reason, **kwargs)
+
+            self._apply(request, queryset, Invoice.Status.VOID, void)
+            return None  # back to the list
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Void invoices",
+            "opts": self.opts,
+            "invoices": [
+                (invoice, format_minor(invoice.total_minor, invoice.currency))
+                for invoice in selected
+            ],
+            "form": form,
+            "action_name": "void_invoices",
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/invoicing/void_invoices.html", context)
+
+
+# --- Audit log and aggregates (read-only) ---------------------------------------------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    """The append-only log (the database refuses UPDATE and DELETE on it)."""
+
+    list_display = ["at", "actor", "action", "object_type", "object_id", "customer_external_id"]
+    list_filter = ["action"]
+    search_fields = ["=customer_external_id", "=object_id"]
+    date_hierarchy = "at"
+    fields = [
+        "at",
+        "actor",
+        "actor_id",
+        "action",
+        "object_type",
+        "object_id",
+        "customer_external_id",
+        "pretty_data",
+    ]
+    readonly_fields = fields
+    show_full_result_count = False
+
+    @admin.display(description="data")
+    def pretty_data(self, entry: AuditEntry) -> str:
+        text = json.dumps(entry.data, indent=2, sort_keys=True, ensure_ascii=False)
+        return format_html("<pre>{}</pre>", text)
+
+
+@admin.register(UsageAggregate)
+class UsageAggregateAdmin(ReadOnlyAdmin):
+    """Registered here because metering must not import invoicing (lines point to aggregates)."""
+
+    list_display = [
+        "customer",
+        "meter",
+        "kind",
+        "window_start",
+        "window_end",
+        "billed_through",
+        "quantity",
+        "cumulative_quantity",
+        "event_count",
+    ]
+    list_filter = ["kind", "meter"]
+    list_select_related = ["customer", "meter"]
+    search_fields = ["=customer__external_id"]
+    date_hierarchy = "window_start"
+    readonly_fields = ["invoice_line"]
+
+    @admin.display(description="invoice line")
+    def invoice_line(self, aggregate: UsageAggregate) -> str:
+        line = InvoiceLine.objects.filter(aggregate=aggregate).select_related("invoice").first()
+        if line is None:
+            return "-"
+        url = reverse("admin:invoicing_invoice_change", args=[line.invoice_id])
+        return format_html('<a href="{}">{} line {}</a>', url, line.invoice, line.position)

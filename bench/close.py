@@ -117,10 +117,10 @@ def verify(customers: int) -> dict:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM invoicing_invoice")
         invoices = cursor.fetchone()[0]
-        cursor.execute(
-            "SELECT count(*), count(*) FILTER (WHERE aggregate_id IS NULL) FROM metering_usageevent"
-        )
-        events, unbilled = cursor.fetchone()
+        cursor.execute("SELECT count(*) FROM metering_usageevent")
+        events = cursor.fetchone()[0]
+        cursor.execute("SELECT coalesce(sum(event_count), 0) FROM metering_usageaggregate")
+        unbilled = events - cursor.fetchone()[0]
         cursor.execute(
             "SELECT (SELECT sum(quantity) FROM metering_usageevent e JOIN metering_meter m"
             "  ON m.id = e.meter_id WHERE m.aggregation = 'sum'),"
@@ -132,7 +132,7 @@ def verify(customers: int) -> dict:
         "invoices": invoices,
         "one_invoice_per_customer": invoices == customers,
         "events": events,
-        "unbilled_events": unbilled,
+        "unbilled_events": int(unbilled),
         "billed_quantity_equals_events": event_sum == line_sum,
     }
 

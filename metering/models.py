@@ -160,16 +160,34 @@ class UsageEvent(models.Model):
     )
 
     class Meta:
+        # (customer, event_id) is unique through UsageEventKey: on PostgreSQL this table is
+        # range-partitioned by timestamp, where a unique index would have to include it.
         constraints = [
-            models.UniqueConstraint(
-                fields=["customer", "event_id"], name="usage_event_unique_per_customer"
-            ),
             models.CheckConstraint(
                 condition=Q(quantity__gte=Decimal(0)), name="usage_event_quantity_non_negative"
             ),
         ]
         indexes = [
             models.Index(fields=["customer", "meter", "timestamp"], name="usage_event_cmt"),
+            models.Index(fields=["customer", "event_id"], name="usage_event_ce"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.event_id}"
+
+
+class UsageEventKey(models.Model):
+    """The deduplication key of every event ever accepted: (customer, event_id) is unique for
+    ever, whatever the timestamp. A small global table, so the events table can be partitioned
+    by time; ingestion inserts the key first and the event only if the key was new."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    event_id = models.CharField(max_length=128)
+    fingerprint = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "event_id"], name="usage_event_key_unique"),
         ]
 
     def __str__(self) -> str:

@@ -17,7 +17,7 @@ from django.utils import timezone
 from metering import aggregation, event_parsing
 from metering.event_parsing import EventInput, FieldError
 from metering.keys import generate_key
-from metering.models import ApiKey, Customer, Meter, UsageEvent, UsageRollup
+from metering.models import ApiKey, Customer, Meter, UsageEventKey, UsageRollup
 
 logger = logging.getLogger(__name__)
 
@@ -186,16 +186,25 @@ _EVENT_COLUMNS = (
     "customer_id, meter_id, event_id, quantity, timestamp, properties, fingerprint, "
     "received_at, api_key_id"
 )
-# PostgreSQL: one statement inserts the batch (unnest of typed arrays: nine parameters
-# whatever the size), skips existing keys, and adds the inserted events to their hourly
-# rollups; the rollup rows are upserted in key order, so concurrent batches never deadlock.
+# PostgreSQL: one statement claims the batch's keys in the global key table (skipping keys
+# that exist: duplicates and conflicts), inserts the events whose keys it claimed into the
+# partitioned events table, and adds them to their hourly rollups. Keys are claimed and rollup
+# rows upserted in key order, so concurrent batches never deadlock. Arrays are passed whole:
+# nine parameters whatever the batch size.
 _PG_INSERT = f"""
-WITH ins AS (
-    INSERT INTO metering_usageevent ({_EVENT_COLUMNS})
-    SELECT c, m, e, q, t, p, f, %s, %s FROM unnest(
+WITH input AS (
+    SELECT * FROM unnest(
         %s::bigint[], %s::bigint[], %s::text[], %s::numeric[], %s::timestamptz[],
         %s::jsonb[], %s::text[]) AS u(c, m, e, q, t, p, f)
+), claimed AS (
+    INSERT INTO metering_usageeventkey (customer_id, event_id, fingerprint)
+    SELECT c, e, f FROM input ORDER BY c, e
     ON CONFLICT (customer_id, event_id) DO NOTHING
+    RETURNING customer_id, event_id
+), ins AS (
+    INSERT INTO metering_usageevent ({_EVENT_COLUMNS})
+    SELECT i.c, i.m, i.e, i.q, i.t, i.p, i.f, %s, %s
+    FROM input i JOIN claimed k ON k.customer_id = i.c AND k.event_id = i.e
     RETURNING id, customer_id, meter_id, event_id, quantity, timestamp
 ), roll AS (
     INSERT INTO metering_usagerollup AS r (customer_id, meter_id, hour, quantity, event_count,
@@ -225,15 +234,13 @@ SELECT customer_id, event_id FROM ins
 def _insert_ignoring_conflicts(
     rows: list[_Row], *, api_key: ApiKey, received_at: datetime
 ) -> set[tuple[int, str]]:
-    """Insert the batch, skipping existing keys, and update the hourly rollups; returns the
+    """Insert the batch's new keys and events, and update the hourly rollups; returns the
     keys it inserted."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
                 _PG_INSERT,
                 [
-                    received_at,
-                    api_key.pk,
                     [r.customer_pk for r in rows],
                     [r.meter_pk for r in rows],
                     [r.event_id for r in rows],
@@ -241,13 +248,24 @@ def _insert_ignoring_conflicts(
                     [r.timestamp for r in rows],
                     [r.properties_json for r in rows],
                     [r.fingerprint for r in rows],
+                    received_at,
+                    api_key.pk,
                 ],
             )
             return {(customer_pk, event_id) for customer_pk, event_id in cursor.fetchall()}
-        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
-        params: list[Any] = []
+        cursor.execute(
+            "INSERT INTO metering_usageeventkey (customer_id, event_id, fingerprint) VALUES "  # noqa: S608
+            + ", ".join(["(%s, %s, %s)"] * len(rows))
+            + " ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
+            [value for r in rows for value in (r.customer_pk, r.event_id, r.fingerprint)],
+        )
+        claimed = {(customer_pk, event_id) for customer_pk, event_id in cursor.fetchall()}
+        new_rows = [r for r in rows if (r.customer_pk, r.event_id) in claimed]
+        if not new_rows:
+            return set()
         ops = connection.ops
-        for r in rows:
+        params: list[Any] = []
+        for r in new_rows:
             params += [
                 r.customer_pk,
                 r.meter_pk,
@@ -259,14 +277,14 @@ def _insert_ignoring_conflicts(
                 ops.adapt_datetimefield_value(received_at),
                 api_key.pk,
             ]
+        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(new_rows))
         cursor.execute(
             f"INSERT INTO metering_usageevent ({_EVENT_COLUMNS}) VALUES {placeholders} "  # noqa: S608
-            "ON CONFLICT (customer_id, event_id) DO NOTHING "
             "RETURNING id, customer_id, event_id",
             params,
         )
         returned = cursor.fetchall()
-    by_key = {(r.customer_pk, r.event_id): r for r in rows}
+    by_key = {(r.customer_pk, r.event_id): r for r in new_rows}
     inserted = {(customer_pk, event_id): pk for pk, customer_pk, event_id in returned}
     add_to_rollups([(pk, by_key[key]) for key, pk in inserted.items()])
     return set(inserted)
@@ -317,7 +335,7 @@ def _stored_fingerprints(keys: list[tuple[int, str]]) -> dict[tuple[int, str], s
         condition |= Q(customer_id=customer_pk, event_id__in=event_ids)
     return {
         (customer_pk, event_id): fp
-        for customer_pk, event_id, fp in UsageEvent.objects.filter(condition).values_list(
+        for customer_pk, event_id, fp in UsageEventKey.objects.filter(condition).values_list(
             "customer_id", "event_id", "fingerprint"
         )
     }

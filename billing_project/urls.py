@@ -1,7 +1,9 @@
-"""Top-level routes: the agent API under /api/v1/, its schema, the admin and health."""
+"""Top-level routes: the agent API under /api/v1/, its schema, the admin, health and the
+customer portal under /portal/ (the site's front page)."""
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from metering.views import healthz
@@ -14,4 +16,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("portal/", include("portal.urls")),
+    path("", RedirectView.as_view(url="/portal/", permanent=False), name="home"),
 ]

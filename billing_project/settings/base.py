@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "metering",
     "invoicing",
     "notifications",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -128,7 +129,10 @@ if PRODUCTION:
     # whitenoise serves the collected static files (no CDN, no separate static server).
     MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
-LOGIN_URL = "/admin/login/"
+# The customer portal signs in here; the admin has its own login page.
+LOGIN_URL = "/portal/login/"
+LOGIN_REDIRECT_URL = "/portal/"
+LOGOUT_REDIRECT_URL = "/portal/login/"
 
 # --- API --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -163,6 +167,38 @@ BILLING_MAX_EVENT_FUTURE = env_int("BILLING_MAX_EVENT_FUTURE", 5 * 60, minimum=0
 BILLING_GRACE_PERIOD = env_int("BILLING_GRACE_PERIOD", 3600, minimum=0)
 BILLING_REVIEW_PERIOD = env_int("BILLING_REVIEW_PERIOD", 24 * 3600, minimum=0)
 BILLING_BACKEND = env_str("BILLING_BACKEND", "local")
+
+# --- Stripe (BILLING_BACKEND=stripe, and/or usage reporting through Billing Meters) ---------
+STRIPE_API_KEY = env_str("STRIPE_API_KEY", "")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "https://api.stripe.com")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_WEBHOOK_TOLERANCE = env_int("STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1)  # seconds
+STRIPE_TIMEOUT = env_int("STRIPE_TIMEOUT", 30, minimum=1)  # seconds per request
+# Prefix of every idempotency key and meter-event identifier: two installations sharing one
+# Stripe account (staging and production, say) must use different prefixes.
+STRIPE_KEY_PREFIX = env_str("STRIPE_KEY_PREFIX", "billing")
+STRIPE_COLLECTION_METHOD = env_str("STRIPE_COLLECTION_METHOD", "charge_automatically")
+STRIPE_DAYS_UNTIL_DUE = env_int("STRIPE_DAYS_UNTIL_DUE", 30, minimum=1)  # send_invoice only
+STRIPE_USAGE_REPORTING = env_str("STRIPE_USAGE_REPORTING", "off")
+# Realtime reporting leaves events younger than this alone (seconds), so an ingestion
+# transaction still in flight is never skipped by the watermark.
+STRIPE_REALTIME_SETTLE = env_int("STRIPE_REALTIME_SETTLE", 60, minimum=0)
+if STRIPE_COLLECTION_METHOD not in {"charge_automatically", "send_invoice"}:
+    raise ImproperlyConfigured(
+        "STRIPE_COLLECTION_METHOD must be charge_automatically or send_invoice, "
+        f"got {STRIPE_COLLECTION_METHOD!r}"
+    )
+if STRIPE_USAGE_REPORTING not in {"off", "close", "realtime"}:
+    raise ImproperlyConfigured(
+        f"STRIPE_USAGE_REPORTING must be off, close or realtime, got {STRIPE_USAGE_REPORTING!r}"
+    )
+if PRODUCTION and (BILLING_BACKEND == "stripe" or STRIPE_USAGE_REPORTING != "off"):
+    if not STRIPE_API_KEY:
+        raise ImproperlyConfigured("STRIPE_API_KEY must be set to use Stripe in production")
+    if BILLING_BACKEND == "stripe" and not STRIPE_WEBHOOK_SECRET:
+        raise ImproperlyConfigured(
+            "STRIPE_WEBHOOK_SECRET must be set with BILLING_BACKEND=stripe in production"
+        )
 
 # --- Celery -------------------------------------------------------------------------------------
 # The embedded default is a file-system broker under var/, so no server is needed.

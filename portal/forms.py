@@ -1,0 +1,185 @@
+"""Portal forms: sign-in limited to portal members, the budget in major units, the export range.
+
+Amounts are typed in major units (dollars, yen) and converted exactly to integer minor units
+with the currency's exponent; anything that would need rounding is refused, never rounded.
+"""
+
+from __future__ import annotations
+
+import decimal
+import re
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+
+from metering.currencies import CURRENCIES
+from metering.models import BudgetCap, PortalMembership
+from portal.selectors import PROPERTY_NAME
+
+MAX_CAP_MINOR = 10**15  # as the budget service allows
+DAY_CHOICES = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days")]
+
+
+class PortalAuthenticationForm(AuthenticationForm):
+    """Django's sign-in, refusing logins that belong to no customer (finance staff use /admin/)."""
+
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "no_portal_access": "This account has no access to the customer portal.",
+    }
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        super().confirm_login_allowed(user)
+        if not PortalMembership.objects.filter(user_id=user.pk).exists():
+            raise forms.ValidationError(
+                self.error_messages["no_portal_access"], code="no_portal_access"
+            )
+
+
+class PortalPasswordResetForm(PasswordResetForm):
+    """Reset mails go only to portal members: a staff address gets nothing from here."""
+
+    def get_users(self, email: str):  # type: ignore[override]
+        for user in super().get_users(email):
+            if PortalMembership.objects.filter(user_id=user.pk).exists():
+                yield user
+
+
+def major_to_minor(text: str, currency: str) -> int:
+    """ "1234.5" USD -> 123450; raises ValueError (with a message for people) when the text is
+    not a positive amount with at most the currency's decimal places."""
+    places = CURRENCIES[currency].exponent
+    cleaned = text.strip().replace(",", "").replace("_", "")
+    if not re.fullmatch(r"\d+(\.\d*)?|\.\d+", cleaned):
+        raise ValueError("Enter an amount such as 250" + (".00" if places else "") + ".")
+    try:
+        amount = Decimal(cleaned)
+        if amount.adjusted() > 20:
+            raise ValueError("The amount is too large.")
+        minor = amount.scaleb(places, context=decimal.Context(prec=60))
+    except decimal.DecimalException:
+        raise ValueError("Enter a valid amount.") from None
+    if minor != minor.to_integral_value():
+        if places == 0:
+            raise ValueError(f"{currency} amounts are whole numbers (no decimal places).")
+        raise ValueError(f"{currency} amounts have at most {places} decimal places.")
+    if minor <= 0:
+        raise ValueError("The cap must be greater than zero.")
+    if minor > MAX_CAP_MINOR:
+        raise ValueError("The amount is too large.")
+    return int(minor)
+
+
+def minor_to_major_text(amount_minor: int, currency: str) -> str:
+    """The form's initial value: 123450 USD -> "1234.50"."""
+    places = CURRENCIES[currency].exponent
+    return f"{Decimal(amount_minor).scaleb(-places):.{places}f}"
+
+
+def parse_thresholds(text: str) -> list[int]:
+    """ "50, 80 100" -> [50, 80, 100]; ValueError with a message for people otherwise."""
+    parts = [part for part in re.split(r"[\s,;]+", text.strip()) if part]
+    if not parts:
+        raise ValueError("Enter at least one threshold, e.g. 50, 80, 100.")
+    values = []
+    for part in parts:
+        if not re.fullmatch(r"\d{1,3}%?", part):
+            raise ValueError(f"“{part}” is not a whole percentage.")
+        values.append(int(part.rstrip("%")))
+    if any(not 1 <= value <= 100 for value in values):
+        raise ValueError("Each threshold is a percentage between 1 and 100.")
+    if len(set(values)) != len(values):
+        raise ValueError("Each threshold may appear once.")
+    if len(values) > 10:
+        raise ValueError("At most 10 thresholds.")
+    return sorted(values)
+
+
+class BudgetForm(forms.Form):
+    cap = forms.CharField(
+        required=False,
+        max_length=40,
+        label="Cap per billing period",
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
+    )
+    thresholds = forms.CharField(
+        max_length=60,
+        label="Alert thresholds (percent of the cap)",
+        help_text="Comma-separated whole percentages, e.g. 50, 80, 100. Each alerts once "
+        "per period.",
+    )
+    action = forms.ChoiceField(
+        choices=BudgetCap.Action.choices,
+        widget=forms.RadioSelect,
+        label="At the cap",
+    )
+
+    def __init__(self, *args: Any, currency: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.currency = currency
+        places = CURRENCIES[currency].exponent
+        example = "500" + ("." + "0" * places if places else "")
+        self.fields["cap"].label = f"Cap per billing period ({currency})"
+        self.fields["cap"].help_text = (
+            f"In {currency}, e.g. {example}"
+            + (f" (at most {places} decimal places)" if places else " (whole numbers)")
+            + ". Leave empty for no cap."
+        )
+
+    def clean_cap(self) -> int | None:
+        text = self.cleaned_data["cap"]
+        if not text.strip():
+            return None
+        try:
+            return major_to_minor(text, self.currency)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean_thresholds(self) -> list[int]:
+        try:
+            return parse_thresholds(self.cleaned_data["thresholds"])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class DashboardForm(forms.Form):
+    """The dashboard's GET options; invalid values fall back to the defaults."""
+
+    days = forms.TypedChoiceField(
+        choices=DAY_CHOICES, coerce=int, required=False, empty_value=30, label="Chart range"
+    )
+    property = forms.CharField(
+        required=False, max_length=64, label="Break down by property", empty_value="agent_id"
+    )
+
+    def clean_property(self) -> str:
+        value = self.cleaned_data["property"].strip() or "agent_id"
+        if not PROPERTY_NAME.match(value):
+            raise forms.ValidationError(
+                "A property name has 1 to 64 letters, digits, and _ . : - characters."
+            )
+        return value
+
+
+class ExportRangeForm(forms.Form):
+    """Export by local dates, both inclusive."""
+
+    start = forms.DateField(
+        label="From (first day)", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    end = forms.DateField(label="To (last day)", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        start: date | None = data.get("start")
+        end: date | None = data.get("end")
+        if start and end and end < start:
+            self.add_error("end", "The last day is before the first day.")
+        return data
+
+
+class ExportPeriodForm(forms.Form):
+    period = forms.IntegerField(min_value=1, label="Billing period")

@@ -1,0 +1,345 @@
+"""Reads for the portal pages, always for one customer.
+
+The money on the dashboard comes from `invoicing.selectors.preview_period_usage`, the selector
+behind `GET /api/v1/customers/<id>/usage`, so the page and the API cannot disagree; the
+projection rates its extrapolated quantities with the same rating engine. The chart and the
+property breakdown are SQL aggregations over the customer's usage events (never a loop over
+events in Python).
+"""
+
+from __future__ import annotations
+
+import decimal
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.db.models import CharField, Count, Max, Q, QuerySet, Sum
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, TruncDate
+
+from invoicing import selectors as invoicing_selectors
+from invoicing.models import BillingPeriod, Invoice
+from invoicing.pricing import plan_price_specs
+from invoicing.rating import rate
+from invoicing.services import subscriptions
+from metering.models import BudgetAlert, Customer, Meter, UsageEvent
+
+QUANTITY_STEP = Decimal("0.000001")  # quantities carry 6 decimal places
+# Meters whose period quantity grows with time, so a linear extrapolation means something;
+# max, latest and unique_count are projected as they stand.
+EXTRAPOLATED = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
+PROPERTY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_EXACT = decimal.Context(prec=60, rounding=ROUND_HALF_UP)
+
+
+def customer_zone(customer: Customer) -> ZoneInfo:
+    return ZoneInfo(customer.timezone)
+
+
+# --- Current period, rated -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeterUsage:
+    """One meter in the current period: so far (as the API says) and projected to the end."""
+
+    meter: Meter
+    quantity: Decimal  # in meter units, as the usage API reports it
+    amount_minor: int  # the usage API's amount_minor
+    projected_quantity: Decimal
+    projected_amount_minor: int
+    pricing: dict[str, Any]  # the line's pricing record (model, included units, packages...)
+
+
+@dataclass(frozen=True)
+class CurrentUsage:
+    period: BillingPeriod
+    currency: str
+    lines: list[MeterUsage]
+    elapsed_fraction: Decimal  # 0..1, how much of the period has passed
+
+    @property
+    def total_minor(self) -> int:
+        return sum(line.amount_minor for line in self.lines)
+
+    @property
+    def projected_total_minor(self) -> int:
+        return sum(line.projected_amount_minor for line in self.lines)
+
+    @property
+    def elapsed_percent(self) -> int:
+        return int((self.elapsed_fraction * 100).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def project_quantity(
+    quantity: Decimal, *, aggregation: str, period: BillingPeriod, now: datetime
+) -> Decimal:
+    """Linear extrapolation to the period's end: quantity x length / elapsed (6 places)."""
+    elapsed = min(now, period.end) - period.start
+    length = period.end - period.start
+    if aggregation not in EXTRAPOLATED or elapsed <= timedelta(0) or elapsed >= length:
+        return quantity
+    elapsed_us = Decimal(elapsed // timedelta(microseconds=1))
+    length_us = Decimal(length // timedelta(microseconds=1))
+    projected = _EXACT.divide(_EXACT.multiply(quantity, length_us), elapsed_us)
+    return projected.quantize(QUANTITY_STEP, rounding=ROUND_HALF_UP, context=_EXACT)
+
+
+def current_usage(*, customer: Customer, now: datetime) -> CurrentUsage | None:
+    """The current period's lines exactly as the usage API has them, plus a projection.
+
+    None when the customer has no plan (no period).
+    """
+    period = subscriptions.current_period(customer=customer, now=now)
+    if period is None:
+        return None
+    preview = invoicing_selectors.preview_period_usage(period=period)
+    specs = plan_price_specs(period.plan)
+    lines = []
+    for line in preview.lines:
+        meter = line.meter
+        assert meter is not None  # usage lines always have their meter
+        projected = project_quantity(
+            line.quantity, aggregation=meter.aggregation, period=period, now=now
+        )
+        spec = specs.get(meter.pk)
+        lines.append(
+            MeterUsage(
+                meter=meter,
+                quantity=line.quantity,
+                amount_minor=line.amount_minor,
+                projected_quantity=projected,
+                projected_amount_minor=rate(spec, projected) if spec is not None else 0,
+                pricing=line.pricing,
+            )
+        )
+    length = period.end - period.start
+    elapsed = max(min(now, period.end) - period.start, timedelta(0))
+    fraction = Decimal(elapsed // timedelta(microseconds=1)) / Decimal(
+        length // timedelta(microseconds=1)
+    )
+    return CurrentUsage(
+        period=period, currency=preview.currency, lines=lines, elapsed_fraction=fraction
+    )
+
+
+# --- Daily usage (the chart) -----------------------------------------------------------------
+
+
+@dataclass
+class DailySeries:
+    """One meter's usage per local day, oldest first, every day present (zeros included)."""
+
+    meter: Meter
+    days: list[tuple[date, Decimal]] = field(default_factory=list)
+
+    @property
+    def total(self) -> Decimal:
+        return sum((value for _, value in self.days), Decimal(0))
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=zone)
+
+
+def _measure(meter: Meter, row: dict[str, Any]) -> Decimal:
+    """A group's value by the meter's aggregation: sum, count, or the peak for max/latest."""
+    if meter.aggregation == Meter.Aggregation.SUM:
+        return row["total"] or Decimal(0)
+    if meter.aggregation == Meter.Aggregation.COUNT:
+        return Decimal(row["n"])
+    return row["top"] or Decimal(0)
+
+
+def daily_usage(
+    *, customer: Customer, days: int, now: datetime, meters: list[Meter] | None = None
+) -> list[DailySeries]:
+    """Usage per meter and local day over the last `days` days (today included), grouped in
+    SQL by the day in the customer's time zone.
+
+    Sum meters show the day's sum, count meters its events, unique_count meters the distinct
+    values of their property that day, and max/latest meters the day's peak. `meters` are
+    always shown (the plan's), others only if they have usage in the window.
+    """
+    zone = customer_zone(customer)
+    today = now.astimezone(zone).date()
+    first_day = today - timedelta(days=days - 1)
+    events = UsageEvent.objects.filter(
+        customer=customer,
+        timestamp__gte=local_midnight(first_day, zone),
+        timestamp__lt=local_midnight(today + timedelta(days=1), zone),
+    ).annotate(day=TruncDate("timestamp", tzinfo=zone))
+    values: dict[int, dict[date, Decimal]] = {}
+    rows = events.values("meter_id", "day").annotate(
+        total=Sum("quantity"), n=Count("id"), top=Max("quantity")
+    )
+    all_meters = {m.pk: m for m in Meter.objects.all()}
+    for row in rows:
+        meter = all_meters[row["meter_id"]]
+        if meter.aggregation != Meter.Aggregation.UNIQUE_COUNT:
+            values.setdefault(meter.pk, {})[row["day"]] = _measure(meter, row)
+    for meter_id in {row["meter_id"] for row in rows}:
+        meter = all_meters[meter_id]
+        if meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
+            distinct = (
+                events.filter(meter=meter)
+                .annotate(value=KeyTextTransform(meter.unique_property, "properties"))
+                .values("day")
+                .annotate(n=Count("value", distinct=True))
+            )
+            values[meter.pk] = {row["day"]: Decimal(row["n"]) for row in distinct}
+    shown = {m.pk: m for m in meters or []} | {pk: all_meters[pk] for pk in values}
+    series = []
+    for meter in sorted(shown.values(), key=lambda m: m.code):
+        per_day = values.get(meter.pk, {})
+        series.append(
+            DailySeries(
+                meter=meter,
+                days=[
+                    (day, per_day.get(day, Decimal(0)))
+                    for day in (first_day + timedelta(days=i) for i in range(days))
+                ],
+            )
+        )
+    return series
+
+
+# --- Breakdown by a property -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BreakdownRow:
+    value: str | None  # None: events without the property
+    events: int
+    quantities: dict[int, Decimal]  # meter id -> quantity by the meter's aggregation
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    property: str
+    meters: list[Meter]
+    rows: list[BreakdownRow]
+    distinct_values: int  # in the whole period; rows shows the top ones
+
+
+def property_text(prop: str) -> Cast:
+    """A property's value as text. The cast keeps lookups on it plain text comparisons (on
+    SQLite, `__in` on a bare key transform compares JSON and refuses plain strings)."""
+    return Cast(KeyTextTransform(prop, "properties"), output_field=CharField())
+
+
+def _period_events(customer: Customer, period: BillingPeriod) -> QuerySet[UsageEvent]:
+    return UsageEvent.objects.filter(
+        customer=customer, timestamp__gte=period.start, timestamp__lt=period.end
+    )
+
+
+def property_breakdown(
+    *, customer: Customer, period: BillingPeriod, prop: str, limit: int = 20
+) -> Breakdown:
+    """The period's usage split by one property's values: the `limit` values with the most
+    events, each with its quantity per meter."""
+    if not PROPERTY_NAME.match(prop):
+        raise ValueError(f"not a property name: {prop!r}")
+    events = _period_events(customer, period).annotate(value=property_text(prop))
+    top = list(events.values("value").annotate(n=Count("id")).order_by("-n", "value")[:limit])
+    distinct = events.values("value").distinct().count()
+    wanted = [row["value"] for row in top]
+    condition = Q(value__in=[v for v in wanted if v is not None])
+    if None in wanted:
+        condition |= Q(value__isnull=True)
+    all_meters = {m.pk: m for m in Meter.objects.all()}
+    quantities: dict[str | None, dict[int, Decimal]] = {}
+    if wanted:
+        grouped = (
+            events.filter(condition)
+            .values("value", "meter_id")
+            .annotate(total=Sum("quantity"), n=Count("id"), top=Max("quantity"))
+        )
+        for row in grouped:
+            meter = all_meters[row["meter_id"]]
+            if meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
+                continue
+            quantities.setdefault(row["value"], {})[meter.pk] = _measure(meter, row)
+        unique_ids = {row["meter_id"] for row in grouped} & {
+            pk for pk, m in all_meters.items() if m.aggregation == Meter.Aggregation.UNIQUE_COUNT
+        }
+        for meter_id in unique_ids:
+            meter = all_meters[meter_id]
+            distinct_rows = (
+                events.filter(condition, meter=meter)
+                .annotate(counted=KeyTextTransform(meter.unique_property, "properties"))
+                .values("value")
+                .annotate(n=Count("counted", distinct=True))
+            )
+            for row in distinct_rows:
+                quantities.setdefault(row["value"], {})[meter.pk] = Decimal(row["n"])
+    meter_ids = {pk for per_value in quantities.values() for pk in per_value}
+    return Breakdown(
+        property=prop,
+        meters=sorted((all_meters[pk] for pk in meter_ids), key=lambda m: m.code),
+        rows=[
+            BreakdownRow(
+                value=row["value"], events=row["n"], quantities=quantities.get(row["value"], {})
+            )
+            for row in top
+        ],
+        distinct_values=distinct,
+    )
+
+
+def property_names(*, customer: Customer, period: BillingPeriod, sample: int = 200) -> list[str]:
+    """Property names seen in the period's latest events, as suggestions for the breakdown."""
+    recent = (
+        _period_events(customer, period)
+        .order_by("-timestamp")
+        .values_list("properties", flat=True)[:sample]
+    )
+    names = {key for properties in recent if isinstance(properties, dict) for key in properties}
+    return sorted(name for name in names if PROPERTY_NAME.match(name))[:50]
+
+
+# --- Invoices, periods, alerts ---------------------------------------------------------------
+
+
+def list_invoices(*, customer: Customer) -> QuerySet[Invoice]:
+    """The customer's invoices, newest first (drafts included); lines are not needed here."""
+    return (
+        Invoice.objects.filter(customer=customer)
+        .select_related("period")
+        .order_by("-period__start", "-pk")
+    )
+
+
+def recent_periods(*, customer: Customer, limit: int = 24) -> list[BillingPeriod]:
+    return list(BillingPeriod.objects.filter(customer=customer).order_by("-start")[:limit])
+
+
+def list_budget_alerts(*, customer: Customer, limit: int = 100) -> list[BudgetAlert]:
+    """The thresholds crossed, newest first."""
+    return list(
+        BudgetAlert.objects.filter(customer=customer).order_by("-created_at", "-pk")[:limit]
+    )
+
+
+# --- Usage export ----------------------------------------------------------------------------
+
+EXPORT_COLUMNS = ("event_id", "customer_id", "meter", "quantity", "timestamp", "properties")
+
+
+def export_events(
+    *, customer: Customer, start: datetime, end: datetime, chunk_size: int = 2000
+) -> Iterator[tuple[str, str, Decimal, datetime, Any]]:
+    """(event_id, meter code, quantity, timestamp, properties) of the events in [start, end),
+    oldest first, fetched in chunks (a server-side cursor on PostgreSQL): constant memory."""
+    return (
+        UsageEvent.objects.filter(customer=customer, timestamp__gte=start, timestamp__lt=end)
+        .order_by("timestamp", "pk")
+        .values_list("event_id", "meter__code", "quantity", "timestamp", "properties")
+        .iterator(chunk_size=chunk_size)
+    )

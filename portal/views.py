@@ -1,0 +1,368 @@
+"""The portal's pages. Thin: each view gets the logged-in user's customer (portal.access), reads
+through selectors, writes through notifications.services, and renders a template.
+
+Every object is looked up through that customer, so another customer's ids answer 404.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse_lazy
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from invoicing.documents import invoice_document_context, render_invoice_document
+from invoicing.models import BillingPeriod, Invoice
+from invoicing.services.budgets import BudgetInvalid, BudgetStatus, NothingPaused
+from invoicing.services.subscriptions import current_period
+from metering.models import BudgetCap, Customer
+from metering.serializers import decimal_text
+from notifications import services as notification_services
+from portal import forms, selectors
+from portal.access import customer_required
+from portal.presentation import billing_basis, series_charts
+
+# The document is self-contained: it may load nothing (same policy as the admin's copy).
+DOCUMENT_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+INVOICES_PER_PAGE = 25
+SAVED_TEXT = {
+    "resumed": " Your agents may work again.",
+    "paused": " The cap is already reached: your agents are asked to stop.",
+}
+STATUS_TEXT = {
+    "active": "Active",
+    "warning": "Warning: a threshold was crossed",
+    "paused": "Paused: agents are asked to stop",
+}
+
+
+# --- Accounts --------------------------------------------------------------------------------
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "portal/login.html"
+    authentication_form = forms.PortalAuthenticationForm
+
+
+class LogoutView(auth_views.LogoutView):
+    next_page = reverse_lazy("portal:login")
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    form_class = forms.PortalPasswordResetForm
+    template_name = "portal/password_reset_form.html"
+    email_template_name = "portal/password_reset_email.txt"
+    subject_template_name = "portal/password_reset_subject.txt"
+    success_url = reverse_lazy("portal:password_reset_done")
+
+
+class PasswordResetDoneView(auth_views.PasswordResetDoneView):
+    template_name = "portal/password_reset_done.html"
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    template_name = "portal/password_reset_confirm.html"
+    success_url = reverse_lazy("portal:password_reset_complete")
+
+
+class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
+    template_name = "portal/password_reset_complete.html"
+
+
+# --- Dashboard -------------------------------------------------------------------------------
+
+
+def budget_view_model(status: BudgetStatus) -> dict[str, Any]:
+    """The progress bar: percent used (exact, and clamped for the bar) and threshold marks.
+
+    Without a billing period (no plan yet) the check knows no cap: the stored one is shown.
+    """
+    if status.period_start is None:
+        stored = BudgetCap.objects.filter(customer=status.customer).first()
+        if stored is not None:
+            status.cap_minor, status.action = stored.cap_minor, stored.action
+            status.thresholds = sorted(stored.thresholds)
+    cap = status.cap_minor
+    percent = status.spent_minor * 100 // cap if cap else 0
+    return {
+        "status": status,
+        "status_text": STATUS_TEXT.get(status.status, status.status),
+        "percent": percent,
+        "bar_percent": min(percent, 100),
+        "marks": [t for t in status.thresholds if 0 < t <= 100],
+    }
+
+
+@customer_required
+@require_GET
+def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
+    now = timezone.now()
+    options = forms.DashboardForm(request.GET)
+    options.is_valid()
+    days = options.cleaned_data.get("days") or 30
+    prop = options.cleaned_data.get("property") or "agent_id"
+
+    usage = selectors.current_usage(customer=customer, now=now)
+    lines = []
+    if usage is not None:
+        lines = [
+            {
+                "usage": line,
+                "basis": billing_basis(line.pricing, unit=line.meter.unit, currency=usage.currency),
+            }
+            for line in usage.lines
+        ]
+    budget = notification_services.check_budget(customer=customer, now=now)
+    series = selectors.daily_usage(
+        customer=customer,
+        days=days,
+        now=now,
+        meters=[line.meter for line in usage.lines] if usage else [],
+    )
+    breakdown = property_names = None
+    if usage is not None:
+        breakdown = selectors.property_breakdown(customer=customer, period=usage.period, prop=prop)
+        property_names = selectors.property_names(customer=customer, period=usage.period)
+    return render(
+        request,
+        "portal/dashboard.html",
+        {
+            "nav": "dashboard",
+            "customer": customer,
+            "usage": usage,
+            "lines": lines,
+            "budget": budget_view_model(budget),
+            "charts": series_charts(series),
+            "days": days,
+            "day_choices": forms.DAY_CHOICES,
+            "options": options,
+            "breakdown": breakdown,
+            "property_names": property_names or [],
+        },
+    )
+
+
+# --- Invoices --------------------------------------------------------------------------------
+
+
+@customer_required
+@require_GET
+def invoice_list(request: HttpRequest, customer: Customer) -> HttpResponse:
+    page = Paginator(selectors.list_invoices(customer=customer), INVOICES_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "portal/invoice_list.html",
+        {"nav": "invoices", "customer": customer, "page": page},
+    )
+
+
+def hosted_invoice_url(invoice: Invoice) -> str:
+    """Stripe's hosted invoice page, if the invoice has one (only https links are shown)."""
+    url = getattr(invoice, "stripe_hosted_invoice_url", "") or ""
+    return url if url.startswith("https://") else ""
+
+
+@customer_required
+@require_GET
+def invoice_detail(request: HttpRequest, customer: Customer, invoice_id: int) -> HttpResponse:
+    invoice = get_object_or_404(
+        Invoice.objects.select_related("period", "customer"), pk=invoice_id, customer=customer
+    )
+    document = invoice_document_context(invoice)
+    return render(
+        request,
+        "portal/invoice_detail.html",
+        {
+            "nav": "invoices",
+            "customer": customer,
+            "invoice": invoice,
+            "lines": document["lines"],
+            "total": document["total"],
+            "hosted_url": hosted_invoice_url(invoice),
+        },
+    )
+
+
+@customer_required
+@require_GET
+def invoice_document(request: HttpRequest, customer: Customer, invoice_id: int) -> HttpResponse:
+    invoice = get_object_or_404(
+        Invoice.objects.select_related("period", "customer"), pk=invoice_id, customer=customer
+    )
+    response = HttpResponse(render_invoice_document(invoice))
+    response["Content-Security-Policy"] = DOCUMENT_CSP
+    if request.GET.get("download"):
+        name = invoice.number or f"draft-{invoice.pk}"
+        response["Content-Disposition"] = f'attachment; filename="invoice-{_safe(name)}.html"'
+    return response
+
+
+# --- Usage export ----------------------------------------------------------------------------
+
+
+class _Echo:
+    """A file-like object whose write returns the line, so csv.writer feeds a generator."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
+
+
+def rfc3339_utc(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def csv_lines(customer: Customer, start: datetime, end: datetime) -> Iterator[str]:
+    """The header, then one line per event: the columns the ingestion API takes."""
+    writer = csv.writer(_Echo())
+    yield writer.writerow(selectors.EXPORT_COLUMNS)
+    for event_id, meter, quantity, timestamp, properties in selectors.export_events(
+        customer=customer, start=start, end=end
+    ):
+        yield writer.writerow(
+            [
+                event_id,
+                customer.external_id,
+                meter,
+                decimal_text(quantity),
+                rfc3339_utc(timestamp),
+                json.dumps(properties or {}, sort_keys=True, separators=(",", ":")),
+            ]
+        )
+
+
+def _csv_response(customer: Customer, start: datetime, end: datetime, label: str) -> HttpResponse:
+    response = StreamingHttpResponse(
+        csv_lines(customer, start, end), content_type="text/csv; charset=utf-8"
+    )
+    filename = f"usage-{_safe(customer.external_id)}-{_safe(label)}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@customer_required
+@require_GET
+def export(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """Without parameters, the form; with `period` or `start`/`end`, the CSV (streamed)."""
+    zone = selectors.customer_zone(customer)
+    range_form = forms.ExportRangeForm(request.GET if "start" in request.GET else None)
+    period_form = forms.ExportPeriodForm(request.GET if "period" in request.GET else None)
+    if period_form.is_bound and period_form.is_valid():
+        period = get_object_or_404(
+            BillingPeriod, pk=period_form.cleaned_data["period"], customer=customer
+        )
+        label = f"{period.start.astimezone(zone):%Y%m%dT%H%M}"
+        return _csv_response(customer, period.start, period.end, label)
+    if range_form.is_bound and range_form.is_valid():
+        first, last = range_form.cleaned_data["start"], range_form.cleaned_data["end"]
+        start = selectors.local_midnight(first, zone)
+        end = selectors.local_midnight(last + timedelta(days=1), zone)
+        return _csv_response(customer, start, end, f"{first:%Y%m%d}-{last:%Y%m%d}")
+
+    period = current_period(customer=customer, now=timezone.now())
+    if not range_form.is_bound:
+        today = timezone.now().astimezone(zone).date()
+        first_day = period.start.astimezone(zone).date() if period else today
+        range_form = forms.ExportRangeForm(initial={"start": first_day, "end": today})
+    invalid = range_form.is_bound or period_form.is_bound
+    return render(
+        request,
+        "portal/export.html",
+        {
+            "nav": "export",
+            "customer": customer,
+            "range_form": range_form,
+            "period_form": period_form,
+            "periods": selectors.recent_periods(customer=customer),
+            "current_period": period,
+        },
+        status=400 if invalid else 200,
+    )
+
+
+# --- Budget ----------------------------------------------------------------------------------
+
+
+def _budget_page(
+    request: HttpRequest, customer: Customer, form: forms.BudgetForm, *, status: int = 200
+) -> HttpResponse:
+    budget = notification_services.check_budget(customer=customer, now=timezone.now())
+    return render(
+        request,
+        "portal/budget.html",
+        {
+            "nav": "budget",
+            "customer": customer,
+            "form": form,
+            "budget": budget_view_model(budget),
+            "alerts": selectors.list_budget_alerts(customer=customer),
+        },
+        status=status,
+    )
+
+
+@customer_required
+@require_http_methods(["GET", "POST"])
+def budget(request: HttpRequest, customer: Customer) -> HttpResponse:
+    currency = customer.currency
+    if request.method == "POST":
+        form = forms.BudgetForm(request.POST, currency=currency)
+        if form.is_valid():
+            try:
+                status = notification_services.set_budget(
+                    customer=customer,
+                    cap_minor=form.cleaned_data["cap"],
+                    thresholds=form.cleaned_data["thresholds"],
+                    action=form.cleaned_data["action"],
+                    now=timezone.now(),
+                    actor=request.user,
+                )
+            except BudgetInvalid as exc:
+                for field, message in exc.errors.items():
+                    name = {"cap_minor": "cap"}.get(field, field)
+                    form.add_error(name if name in form.fields else None, message)
+            else:
+                messages.success(request, "Budget saved." + SAVED_TEXT.get(status.transition, ""))
+                return redirect("portal:budget")
+        messages.error(request, "The budget was not saved: please correct the errors below.")
+        return _budget_page(request, customer, form, status=400)
+    cap = BudgetCap.objects.filter(customer=customer).first()
+    initial = {"thresholds": "50, 80, 100", "action": BudgetCap.Action.ALERT}
+    if cap is not None:
+        initial = {
+            "cap": ""
+            if cap.cap_minor is None
+            else forms.minor_to_major_text(cap.cap_minor, currency),
+            "thresholds": ", ".join(str(t) for t in cap.thresholds),
+            "action": cap.action,
+        }
+    return _budget_page(request, customer, forms.BudgetForm(initial=initial, currency=currency))
+
+
+@customer_required
+@require_POST
+def acknowledge(request: HttpRequest, customer: Customer) -> HttpResponse:
+    try:
+        notification_services.acknowledge(customer=customer, now=timezone.now(), actor=request.user)
+    except NothingPaused:
+        messages.info(request, "Nothing is paused: your agents are running.")
+    else:
+        messages.success(request, "Resumed: your agents may work for the rest of this period.")
+    return redirect("portal:budget")

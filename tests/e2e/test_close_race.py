@@ -56,7 +56,7 @@ def test_two_workers_close_each_period_exactly_once(meters, service_key, tmp_pat
             start_worker(broker_url=broker, name="b", log=logs[1]),
         ]
         try:
-            sender = Celery(broker=broker)
+            sender = Celery(broker=broker, set_as_current=False)
             for _ in range(8):  # beat firing repeatedly, retries, duplicates
                 sender.send_task("invoicing.close_due_periods")
             # three hours have ended since the customers subscribed: three periods each

@@ -134,7 +134,9 @@ def _resolve_timestamp(overrides: dict, moment) -> dict:
     """`timestamp` in PAYLOADS is seconds after `moment`, or an offset to express it in."""
     value = overrides.get("timestamp")
     if value is None:
-        return overrides
+        # Both posts carry the same instant, or a second boundary between them would make
+        # the repeat a conflict.
+        return {**overrides, "timestamp": iso(moment)}
     if isinstance(value, str):
         sign = 1 if value[0] == "+" else -1
         hours, minutes = (int(part) for part in value[1:].split(":"))

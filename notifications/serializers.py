@@ -5,10 +5,20 @@ from __future__ import annotations
 from rest_framework import serializers
 
 
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer only: DRF's IntegerField also takes "100" and 100.0, which the budget
+    service rejects; minor units and percentages are whole JSON numbers."""
+
+    def to_internal_value(self, data: object) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class BudgetInput(serializers.Serializer):
-    cap_minor = serializers.IntegerField(allow_null=True, min_value=1, max_value=10**15)
+    cap_minor = StrictIntegerField(allow_null=True, min_value=1, max_value=10**15)
     thresholds = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=100),
+        child=StrictIntegerField(min_value=1, max_value=100),
         min_length=1,
         max_length=10,
         required=False,

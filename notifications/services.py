@@ -189,7 +189,7 @@ def describe_price(pricing: dict[str, Any], currency: str) -> str:
         return "not priced"
     parts = []
     if model == "per_unit":
-        parts.append(f"{pricing['unit_amount_minor']} minor units per unit")
+        parts.append(f"{decimal_text(_dec(pricing['unit_amount_minor']))} minor units per unit")
     elif model == "package":
         parts.append(
             f"{format_minor(pricing['package_amount_minor'], currency)} per "
@@ -199,7 +199,7 @@ def describe_price(pricing: dict[str, Any], currency: str) -> str:
         for portion in pricing.get("portions", []):
             parts.append(
                 f"tier {portion['tier']}: {decimal_text(_dec(portion['quantity']))} x "
-                f"{portion['unit_amount_minor']}"
+                f"{decimal_text(_dec(portion['unit_amount_minor']))}"
                 + (
                     f" + {portion['flat_amount_minor']} flat"
                     if portion["flat_amount_minor"]
@@ -359,6 +359,7 @@ def set_budget(
     action: str,
     now: datetime,
     actor: object = None,
+    actor_label: str = "",
 ) -> budgets.BudgetStatus:
     """Set or change a cap (API, portal, admin) and tell people what that changed."""
     with transaction.atomic():
@@ -369,6 +370,7 @@ def set_budget(
             action=action,
             now=now,
             actor=actor,
+            actor_label=actor_label,
         )
         notify_budget_changes(status)
     return status

@@ -65,7 +65,7 @@ class BudgetView(APIView):
             thresholds=data["thresholds"],
             action=data["action"],
             now=timezone.now(),
-            actor=None,
+            actor_label=f"api key {request.auth.prefix}",
         )
         return Response(_budget_payload(state))
 

@@ -135,12 +135,17 @@ def evaluate_budget(*, customer: Customer, now: datetime, actor: object = None) 
                 if created:
                     new_alerts.append(alert)
         status = _status_for(cap=cap, state=state, spent=spent, crossed=crossed)
+        previous = state.status
+        if state.checked_at is None and _customer_paused(customer):
+            # The period's first check: a customer still paused from an earlier period resumes
+            # (or stays paused) here, so the change is audited and the platform told.
+            previous = PAUSED
         transition = None
-        if status == PAUSED and state.status != PAUSED:
+        if status == PAUSED and previous != PAUSED:
             transition = "paused"
             state.paused_at = now
             state.pause_count += 1
-        elif status != PAUSED and state.status == PAUSED:
+        elif status != PAUSED and previous == PAUSED:
             transition = "resumed"
             state.resume_count += 1
         state.status = status
@@ -178,6 +183,11 @@ def evaluate_budget(*, customer: Customer, now: datetime, actor: object = None) 
     )
 
 
+def _customer_paused(customer: Customer) -> bool:
+    """Whether the customer is paused now (read from the database, not a stale instance)."""
+    return Customer.objects.filter(pk=customer.pk, status=Customer.Status.PAUSED).exists()
+
+
 def _mirror_customer_status(customer: Customer, *, paused: bool) -> None:
     """Keep Customer.status in step, so finance staff can filter paused customers."""
     if customer.status == Customer.Status.ARCHIVED:
@@ -197,8 +207,12 @@ def set_budget_cap(
     action: str,
     now: datetime,
     actor: object = None,
+    actor_label: str = "",
 ) -> BudgetStatus:
-    """Set, change or remove (cap_minor=None) the cap; re-check at once (raising it resumes)."""
+    """Set, change or remove (cap_minor=None) the cap; re-check at once (raising it resumes).
+
+    `actor` is a Django user (admin, portal); `actor_label` names any other caller (an API key).
+    """
     errors = validate_budget(cap_minor=cap_minor, thresholds=thresholds, action=action)
     if errors:
         raise BudgetInvalid(errors)
@@ -214,6 +228,7 @@ def set_budget_cap(
         user=actor,
         customer_external_id=customer.external_id,
         data={
+            "by": getattr(actor, "username", "") or actor_label or "api",
             "before": before,
             "after": {"cap_minor": cap_minor, "thresholds": cap.thresholds, "action": action},
         },

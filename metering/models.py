@@ -322,8 +322,8 @@ class BudgetPeriodState(models.Model):
 
 
 class BudgetAlert(models.Model):
-    """A threshold crossed in a period: written (uniquely) before anyone is told, so each
-    threshold alerts exactly once per period however many checks race."""
+    """A threshold of a cap crossed in a period: written (uniquely) before anyone is told, so
+    each threshold alerts exactly once per period and cap however many checks race."""
 
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="budget_alerts")
     period_start = models.DateTimeField()
@@ -335,8 +335,10 @@ class BudgetAlert(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
+            # Once per period and threshold of a given cap: raising the cap re-arms the alerts.
             models.UniqueConstraint(
-                fields=["customer", "period_start", "threshold"], name="budget_alert_once"
+                fields=["customer", "period_start", "cap_minor", "threshold"],
+                name="budget_alert_once_per_cap",
             ),
         ]
 

@@ -11,7 +11,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -175,7 +175,11 @@ def summary_context(invoice: Invoice) -> dict[str, Any]:
         "lines": lines,
         "total": format_minor(invoice.total_minor, currency),
         "total_minor": invoice.total_minor,
-        "charge_after": invoice.finalize_after.isoformat(),
+        # the review period runs from the summary (see invoices.mark_summary_sent)
+        "charge_after": max(
+            invoice.finalize_after,
+            timezone.now() + timedelta(seconds=settings.BILLING_REVIEW_PERIOD),
+        ).isoformat(),
         "portal_url": f"{base}/portal/invoices/{invoice.pk}/",
     }
 

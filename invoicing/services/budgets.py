@@ -129,8 +129,9 @@ def evaluate_budget(*, customer: Customer, now: datetime, actor: object = None) 
                 alert, created = BudgetAlert.objects.get_or_create(
                     customer=customer,
                     period_start=period.start,
+                    cap_minor=cap.cap_minor,
                     threshold=threshold,
-                    defaults={"cap_minor": cap.cap_minor, "spent_minor": spent},
+                    defaults={"spent_minor": spent},
                 )
                 if created:
                     new_alerts.append(alert)

@@ -7,10 +7,12 @@ lock, and written to the audit log with who made it.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 
 from invoicing.models import Invoice, InvoiceNumberSequence
 from invoicing.services.audit import record_audit
@@ -118,8 +120,11 @@ def mark_invoice_uncollectible(*, invoice_id: int, now: datetime, user: object =
 @transaction.atomic
 def mark_summary_sent(*, invoice_id: int, at: datetime) -> None:
     """Record that the customer got the itemized summary: finalization may now proceed."""
+    # The customer's review time runs from the summary, however late the mail went out.
+    review_ends = at + timedelta(seconds=settings.BILLING_REVIEW_PERIOD)
     updated = Invoice.objects.filter(pk=invoice_id, summary_sent_at__isnull=True).update(
-        summary_sent_at=at
+        summary_sent_at=at,
+        finalize_after=Greatest(F("finalize_after"), Value(review_ends)),
     )
     if updated:
         invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)

@@ -8,6 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test import override_settings
 
@@ -183,7 +184,10 @@ def test_finalize_waits_for_summary_and_review_then_numbers_gaplessly(
     closing.close_due_periods(now=T0 + 2 * H + timedelta(minutes=10))
     # the review period has passed but no summary was sent: nothing is finalized
     assert invoices.finalize_due_invoices(now=T0 + 3 * H) == []
-    with django_capture_on_commit_callbacks(execute=True):
+    with (
+        time_machine.travel(T0 + 2 * H + timedelta(minutes=10), tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         assert notification_services.queue_usage_summaries() == 2
     assert len(mailoutbox) == 2
     assert invoices.finalize_due_invoices(now=T0 + 2 * H + timedelta(minutes=11)) == []

@@ -180,7 +180,9 @@ def test_resume_by_raising_the_cap(paused, put_budget, post_tasks, mailoutbox, a
     assert (change.data["before"]["cap_minor"], change.data["after"]["cap_minor"]) == (100, 200)
     state = BudgetPeriodState.objects.get()
     assert (state.status, state.pause_count, state.resume_count) == ("warning", 1, 1)
-    assert len(mailoutbox) == 4  # raising the cap sends nobody an e-mail
+    # raising the cap re-arms the thresholds of the new cap: 100 of 200 is its 50% mark
+    assert len(mailoutbox) == 5
+    assert mailoutbox[-1].subject == "50% of your budget used ($1.00 of $2.00)"
 
     # usage goes on, up to the new cap, where it pauses again (finance is told again)
     bodies = post_tasks(20)

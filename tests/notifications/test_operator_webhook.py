@@ -126,21 +126,28 @@ def test_paused_and_resumed_are_posted_once_each(
     paused = verify(operator_endpoint.requests[-1])
     assert (paused["data"]["status"], paused["data"]["spent_minor"]) == ("paused", 100)
 
-    put_budget(cap_minor=200, thresholds=[50, 80, 100], action="pause")  # raising resumes
+    # raising the cap resumes, and re-arms the thresholds of the new cap: 125 of 200 is past
+    # its 50% mark already
+    put_budget(cap_minor=200, thresholds=[50, 80, 100], action="pause")
     put_budget(cap_minor=200, thresholds=[50, 80, 100], action="pause")  # no change: no event
-    assert events(operator_endpoint)[4:] == ["budget.resumed"]
+    assert events(operator_endpoint)[4:] == ["budget.threshold_crossed", "budget.resumed"]
     resumed = verify(operator_endpoint.requests[-1])
     assert (resumed["data"]["status"], resumed["data"]["cap_minor"]) == ("warning", 200)
 
-    post_tasks(15)  # 200: paused again, then acknowledged
+    post_tasks(15)  # 200: 80% and 100% of the new cap, paused again, then acknowledged
     assert acknowledge().status_code == 200
     assert acknowledge().status_code == 409
-    assert events(operator_endpoint)[5:] == ["budget.paused", "budget.resumed"]
+    assert events(operator_endpoint)[6:] == [
+        "budget.threshold_crossed",
+        "budget.threshold_crossed",
+        "budget.paused",
+        "budget.resumed",
+    ]
 
     post_tasks(5)  # again past the cap, but acknowledged: nothing
-    assert len(operator_endpoint.requests) == 7
-    assert OperatorWebhook.objects.filter(status="delivered").count() == 7
-    assert len({r.headers["x-billing-event-id"] for r in operator_endpoint.requests}) == 7
+    assert len(operator_endpoint.requests) == 10
+    assert OperatorWebhook.objects.filter(status="delivered").count() == 10
+    assert len({r.headers["x-billing-event-id"] for r in operator_endpoint.requests}) == 10
 
 
 def test_a_new_period_resumes_a_paused_customer(

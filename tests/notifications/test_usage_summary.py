@@ -20,7 +20,7 @@ H = timedelta(hours=1)
 M = timedelta(minutes=1)
 CLOSE_AT = T0 + H + 10 * M  # the first hour's close (end + grace)
 SEND_AT = T0 + H + 15 * M  # the summary beat run
-CHARGE_AFTER = CLOSE_AT + timedelta(seconds=1800)  # close + review period
+CHARGE_AFTER = SEND_AT + timedelta(seconds=1800)  # the review period runs from the summary
 
 
 def _event(event_id: str, meter: str, quantity: str | None, minutes: int) -> dict:
@@ -173,7 +173,7 @@ def test_finalization_waits_for_the_summary_and_the_review_period(
 
     _queue(django_capture_on_commit_callbacks)
     assert len(mailoutbox) == 1
-    # summary sent, review period not over yet (it ends at close + 1800 s)
+    # summary sent, review period not over yet (it ends at the summary + 1800 s)
     assert invoices.finalize_due_invoices(now=CHARGE_AFTER - timedelta(seconds=1)) == []
     draft.refresh_from_db()
     assert (draft.status, draft.number) == ("draft", None)

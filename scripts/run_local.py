@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +26,17 @@ PYTHON = sys.executable
 
 def manage(*args: str) -> None:
     subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
+
+
+def answers(url: str) -> bool:
+    """Whether the web server answers at all (an error status counts)."""
+    try:
+        urllib.request.urlopen(url + "/healthz", timeout=2).close()  # noqa: S310 - our URL
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -54,8 +67,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     exit_code = 0
+    # The demo's simulated agent fleet (built on clients/python) starts once the web answers.
+    url = f"http://127.0.0.1:{args.port}"
+    var = Path(os.environ.get("BILLING_VAR_DIR", ROOT / "var"))
+    agent = [PYTHON, "scripts/demo_agent.py", "--url", url, "--key-file", str(var / "demo-api-key")]
+    agent += ["--spool", str(var / "demo-agent-spool.sqlite3")]
     try:
         while not stopping:
+            if "agent" not in processes and answers(url):
+                processes["agent"] = subprocess.Popen(agent, cwd=ROOT)
             for name, proc in processes.items():
                 if proc.poll() is not None:
                     print(f"{name} exited with {proc.returncode}; stopping.", file=sys.stderr)

@@ -6,6 +6,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from invoicing.webhooks import stripe_webhook
 from metering.views import healthz
 
 urlpatterns = [
@@ -16,6 +17,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    # delivery and bounce tracking webhooks of the e-mail provider (django-anymail)
+    path("anymail/", include("anymail.urls")),
+    path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("portal/", include("portal.urls")),
     path("", RedirectView.as_view(url="/portal/", permanent=False), name="home"),
 ]

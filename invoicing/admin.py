@@ -27,6 +27,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from invoicing import stripe_admin  # registers the Stripe models' admin pages
 from invoicing.documents import format_unit_amount, render_invoice_document
 from invoicing.models import (
     AuditEntry,
@@ -496,8 +497,18 @@ class InvoiceLineInline(admin.TabularInline):
     """Lines are written only by the close: always read-only."""
 
     model = InvoiceLine
-    fields = ["position", "kind", "meter", "description", "quantity", "amount", "source_period"]
+    fields = [
+        "position",
+        "kind",
+        "meter",
+        "description",
+        "quantity",
+        "amount",
+        "source_period",
+        "stripe_item_link",
+    ]
     readonly_fields = fields
+    stripe_item_link = staticmethod(stripe_admin.stripe_item_link)
     extra = 0
     can_delete = False
 
@@ -557,9 +568,20 @@ class InvoiceAdmin(admin.ModelAdmin):
         "paid_at",
         "voided_at",
         "void_reason",
+        "stripe_invoice_link",
+        "stripe_delivery_status",
+        "stripe_hosted_invoice_url",
     ]
     readonly_fields = fields
-    actions = ["finalize", "mark_paid", "mark_uncollectible", "void_invoices"]
+    actions = [
+        "finalize",
+        "mark_paid",
+        "mark_uncollectible",
+        "void_invoices",
+        stripe_admin.retry_stripe_delivery,
+    ]
+    stripe_invoice_link = staticmethod(stripe_admin.stripe_invoice_link)
+    stripe_delivery_status = staticmethod(stripe_admin.stripe_delivery_status)
 
     @admin.display(description="number", ordering="number")
     def display_number(self, invoice: Invoice) -> str:

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django.db import models
 from django.db.models import F, Q
+from django.utils import timezone
 
 from metering.currencies import CURRENCY_CHOICES
 from metering.models import TOTAL_QUANTITY, Customer, Meter, UsageAggregate
@@ -174,6 +175,10 @@ class Invoice(models.Model):
     paid_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
     void_reason = models.TextField(blank=True)
+    # The Stripe invoice this one was delivered as (BILLING_BACKEND=stripe), set once created.
+    stripe_invoice_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    # Stripe's page where the customer views and pays it (set once finalized in Stripe).
+    stripe_hosted_invoice_url = models.URLField(max_length=2000, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -215,6 +220,8 @@ class InvoiceLine(models.Model):
     amount_minor = models.BigIntegerField()
     # The price as rated (model, unit amounts, tiers applied), for the invoice document.
     pricing = models.JSONField(default=dict, blank=True)
+    # The Stripe invoice item that carries this line (BILLING_BACKEND=stripe).
+    stripe_invoice_item_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
 
     class Meta:
         ordering = ["invoice", "position"]
@@ -260,3 +267,200 @@ class AuditEntry(models.Model):
     def __str__(self) -> str:
         what = f"{self.object_type}#{self.object_id}"
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {what}"
+
+
+# --- Stripe --------------------------------------------------------------------------------------
+# Written only by invoicing.services.stripe_sync: intent is recorded here before Stripe is called,
+# and the outcome after, each in its own transaction (no network call inside one).
+
+
+class StripeCustomer(models.Model):
+    """Our customer's Stripe customer: created on demand (our ids in its metadata) or linked by
+    finance staff to an existing one. `requested_params` is what the first creation request
+    sent, so a retry under the same idempotency key sends exactly the same parameters."""
+
+    class Source(models.TextChoices):
+        CREATED = "created", "Created by us"
+        LINKED = "linked", "Linked by finance staff"
+
+    customer = models.OneToOneField(Customer, on_delete=models.PROTECT, related_name="stripe_link")
+    stripe_customer_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.CREATED)
+    requested_at = models.DateTimeField(null=True, blank=True)
+    requested_params = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "Stripe customer"
+
+    def __str__(self) -> str:
+        return f"{self.customer.external_id} → {self.stripe_customer_id or '(not created yet)'}"
+
+
+class StripeInvoiceSync(models.Model):
+    """The delivery of one finalized invoice to Stripe, resumable step by step.
+
+    pending: to do or under way (transient errors are retried by Celery); delivered: created,
+    one item per line, finalized and charged or sent; failed: Stripe refused it (a permanent
+    error, see last_error); needs_attention: still unresolved 24 hours after the first attempt,
+    when Stripe may have forgotten our idempotency keys, so nothing is resent automatically.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+        NEEDS_ATTENTION = "needs_attention", "Needs attention"
+
+    invoice = models.OneToOneField(Invoice, on_delete=models.PROTECT, related_name="stripe_sync")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    collected_at = models.DateTimeField(
+        null=True, blank=True, help_text="When Stripe was asked to charge or send it."
+    )
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    # The Stripe invoice's status as last seen (API answer or webhook), and Stripe's time of it.
+    stripe_status = models.CharField(max_length=16, blank=True)
+    stripe_status_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "Stripe invoice sync"
+        indexes = [models.Index(fields=["status", "last_attempt_at"], name="stripe_sync_due")]
+
+    def __str__(self) -> str:
+        return f"{self.invoice}: {self.status}"
+
+
+class StripeMeterMapping(models.Model):
+    """Which Stripe Billing Meter (by event name) receives a meter's usage.
+
+    Only usage billed or received from `reporting_from` on is reported, so mapping a meter
+    never replays its history. The Stripe meter should aggregate with `sum`: we report
+    increments in whole units.
+    """
+
+    meter = models.OneToOneField(Meter, on_delete=models.PROTECT, related_name="stripe_mapping")
+    event_name = models.CharField(max_length=100, unique=True)
+    reporting_from = models.DateTimeField(default=timezone.now)
+    is_active = models.BooleanField(default=True)
+    # Realtime reporting: the settle cutoff of its last run (where the next run looks from).
+    realtime_cutoff = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "Stripe meter mapping"
+
+    def __str__(self) -> str:
+        return f"{self.meter.code} → {self.event_name}"
+
+
+class UsageReport(models.Model):
+    """One Billing Meter event, written (with exactly the usage it covers) before it is sent.
+
+    `kind=close`: the usage of one aggregate (one customer, meter and window, billed at a
+    close). `kind=realtime`: the customer's events of the meter with ids in
+    (after_event_pk, through_event_pk]; the next realtime report starts where this one ends,
+    so an event is covered by one report only, however late it arrives.
+
+    Stripe takes whole numbers: `value` is what is sent, floor(cumulative_quantity) minus the
+    previous report's floor (per customer and meter), so fractions carry over to later reports
+    and the values sent always sum to the whole part of the usage covered. The meter event's
+    `identifier` (and idempotency key) derives from the primary key.
+    """
+
+    class Kind(models.TextChoices):
+        CLOSE = "close", "At period close"
+        REALTIME = "realtime", "Realtime"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        NEEDS_ATTENTION = "needs_attention", "Needs attention"
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    event_name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    aggregate = models.OneToOneField(
+        UsageAggregate,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="stripe_report",
+    )
+    after_event_pk = models.BigIntegerField(null=True, blank=True)
+    through_event_pk = models.BigIntegerField(null=True, blank=True)
+    event_count = models.BigIntegerField(default=0)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    quantity = models.DecimalField(**TOTAL_QUANTITY)
+    cumulative_quantity = models.DecimalField(**TOTAL_QUANTITY)
+    value = models.BigIntegerField()
+    timestamp = models.DateTimeField(help_text="The meter event's timestamp in Stripe.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "meter", "after_event_pk"],
+                condition=Q(kind="realtime"),
+                name="usage_report_realtime_chain",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="close", aggregate__isnull=False)
+                | Q(kind="realtime", through_event_pk__isnull=False),
+                name="usage_report_covers_something",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "meter", "kind"], name="usage_report_cmk"),
+            models.Index(fields=["status", "last_attempt_at"], name="usage_report_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"usage report {self.pk} ({self.kind} {self.event_name}: {self.value})"
+
+
+class StripeWebhookEvent(models.Model):
+    """A Stripe event received on the webhook, stored once by its id (replays are no-ops)."""
+
+    class Outcome(models.TextChoices):
+        APPLIED = "applied", "Applied"
+        UNCHANGED = "unchanged", "Nothing to change"
+        STALE = "stale", "Older than our state: ignored"
+        IGNORED = "ignored", "Not ours or not handled"
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    created = models.DateTimeField(help_text="When Stripe created the event.")
+    livemode = models.BooleanField(default=False)
+    stripe_object_id = models.CharField(max_length=255, blank=True)
+    invoice = models.ForeignKey(
+        Invoice, on_delete=models.PROTECT, null=True, blank=True, related_name="stripe_events"
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.TextField(blank=True)
+    payload = models.JSONField(default=dict)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at", "-pk"]
+        verbose_name = "Stripe webhook event"
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type} ({self.outcome})"

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from invoicing.backends import get_backend
 from invoicing.models import Invoice
-from invoicing.services import closing, invoices
+from invoicing.services import closing, invoices, stripe_sync
 
 
 @shared_task(name="invoicing.close_due_periods", ignore_result=True)
@@ -19,6 +19,7 @@ def close_due_periods() -> dict[str, int]:
     """
     now = timezone.now()
     report = closing.close_due_periods(now=now)
+    stripe_sync.after_periods_closed(closed_period_ids=report.closed)
     finalized = invoices.finalize_due_invoices(now=now)
     return {"closed": len(report.closed), "failed": len(report.failed), "finalized": len(finalized)}
 
@@ -37,3 +38,29 @@ def deliver_invoice(invoice_id: int) -> None:
     if invoice.status == Invoice.Status.DRAFT:
         return
     get_backend().deliver_invoice(invoice)
+
+
+@shared_task(name="invoicing.stripe_report_usage", ignore_result=True)
+def stripe_report_usage() -> dict[str, int]:
+    """Write the due usage reports (after closes, and every few minutes for realtime); each
+    is sent by its own task once the rows have committed. A no-op when reporting is off."""
+    return stripe_sync.report_usage(now=timezone.now())
+
+
+@shared_task(
+    bind=True, name="invoicing.stripe_send_usage_report", ignore_result=True, max_retries=None
+)
+def stripe_send_usage_report(self, report_id: int) -> None:
+    """Send one usage report to Stripe; transient errors retry with backoff (and Retry-After)."""
+    try:
+        stripe_sync.send_usage_report(report_id=report_id)
+    except ConnectionError as exc:  # TransientStripeError included
+        raise self.retry(
+            exc=exc, countdown=stripe_sync.retry_delay(exc, retries=self.request.retries)
+        ) from exc
+
+
+@shared_task(name="invoicing.stripe_resume_sync", ignore_result=True)
+def stripe_resume_sync() -> dict[str, int]:
+    """Every few minutes (beat): queue again Stripe deliveries and reports left pending."""
+    return stripe_sync.resume_stripe_sync(now=timezone.now())

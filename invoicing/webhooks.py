@@ -1,0 +1,29 @@
+"""`POST /webhooks/stripe`: Stripe's events, verified by signature, applied once.
+
+Stripe authenticates itself with the `Stripe-Signature` header (HMAC-SHA256 of the timestamp
+and body with the endpoint secret), so the view takes no API key and no CSRF token. A bad or
+stale signature gets 400 and changes nothing; a replayed event gets 200 and changes nothing.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from invoicing.backends.stripe import InvalidWebhook
+from invoicing.services import stripe_sync
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    try:
+        event, first_time = stripe_sync.receive_webhook(
+            payload=request.body, signature=request.headers.get("Stripe-Signature")
+        )
+    except InvalidWebhook as exc:
+        return JsonResponse({"error": f"invalid webhook: {exc}"}, status=400)
+    return JsonResponse(
+        {"received": event.event_id, "duplicate": not first_time, "outcome": event.outcome}
+    )

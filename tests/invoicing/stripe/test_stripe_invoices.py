@@ -1,0 +1,297 @@
+"""Invoices through Stripe: one Stripe invoice per invoice, one item per line, exactly once,
+whatever fails between us and Stripe."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from celery.exceptions import Retry
+from django.db import transaction
+from django.utils import timezone
+
+from invoicing import tasks
+from invoicing.models import AuditEntry, Invoice, InvoiceLine, StripeCustomer, StripeInvoiceSync
+from invoicing.services import stripe_sync
+from tests.invoicing.stripe.conftest import finalize, our_lines, stripe_lines
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def posts(fake):
+    return [(r.path, r.idempotency_key) for r in fake.requests if r.method == "POST"]
+
+
+def test_finalized_invoice_is_one_stripe_invoice_with_one_item_per_line(draft_invoice, fake_stripe):
+    invoice = finalize(draft_invoice)
+
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert invoice.stripe_invoice_id == stripe_invoice["id"]
+    assert invoice.stripe_hosted_invoice_url == stripe_invoice["hosted_invoice_url"]
+    assert invoice.stripe_hosted_invoice_url.startswith("https://invoice.stripe.com/")
+    assert stripe_invoice["status"] == "paid"  # finalized, then charged
+    assert stripe_invoice["total"] == invoice.total_minor == 2915
+    assert stripe_invoice["currency"] == "usd"
+    assert stripe_invoice["collection_method"] == "charge_automatically"
+    period = invoice.period
+    assert stripe_invoice["metadata"] == {
+        "invoice_id": str(invoice.pk),
+        "invoice_number": invoice.number,
+        "period_id": str(period.pk),
+        "period_start": period.start.isoformat(),
+        "period_end": period.end.isoformat(),
+        "customer_external_id": "acme",
+    }
+    assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
+    items = {i["metadata"]["line_id"]: i for i in fake_stripe.items_of(stripe_invoice["id"])}
+    for line in invoice.lines.select_related("meter"):
+        item = items[str(line.pk)]
+        assert line.stripe_invoice_item_id == item["id"]
+        assert item["metadata"] == {
+            "invoice_id": str(invoice.pk),
+            "line_id": str(line.pk),
+            "aggregate_id": str(line.aggregate_id),
+            "kind": "usage",
+            "meter": line.meter.code,
+            "quantity": f"{line.quantity.normalize():f}",
+        }
+        assert item["period"] == {
+            "start": int(period.start.timestamp()),
+            "end": int(period.end.timestamp()) - 1,
+        }
+    # exactly these writes, each with the key derived from our ids
+    link = StripeCustomer.objects.get(customer=invoice.customer)
+    line_ids = [line.pk for line in invoice.lines.order_by("position")]
+    assert posts(fake_stripe) == [
+        ("/v1/customers", f"test-cus-{invoice.customer_id}"),
+        ("/v1/invoices", f"test-inv-{invoice.pk}"),
+        *[("/v1/invoiceitems", f"test-inv-{invoice.pk}-item-{pk}") for pk in line_ids],
+        (f"/v1/invoices/{invoice.stripe_invoice_id}/finalize", f"test-inv-{invoice.pk}-finalize"),
+        (f"/v1/invoices/{invoice.stripe_invoice_id}/pay", f"test-inv-{invoice.pk}-pay"),
+    ]
+    customer = fake_stripe.customers[link.stripe_customer_id]
+    assert customer["metadata"] == {"customer_id": str(invoice.customer_id), "external_id": "acme"}
+    sync = StripeInvoiceSync.objects.get(invoice=invoice)
+    assert (sync.status, sync.attempts, sync.stripe_status) == ("delivered", 1, "paid")
+    created = AuditEntry.objects.get(action="invoice.stripe_created")
+    assert created.data["stripe_invoice_id"] == stripe_invoice["id"]
+    assert created.data["stripe_customer_id"] == link.stripe_customer_id
+    delivered = AuditEntry.objects.get(action="invoice.stripe_delivered")
+    assert delivered.data["stripe_invoice_items"] == {
+        str(line.pk): line.stripe_invoice_item_id for line in invoice.lines.all()
+    }
+    assert AuditEntry.objects.filter(action="customer.stripe_created").count() == 1
+
+    # delivering again (a redelivered task) writes nothing
+    before = len(fake_stripe.requests)
+    tasks.deliver_invoice.apply(args=[invoice.pk])
+    assert fake_stripe.requests[before:] == []
+
+
+def test_send_invoice_collection_sends_it_once(draft_invoice, fake_stripe, settings):
+    settings.STRIPE_COLLECTION_METHOD = "send_invoice"
+    settings.STRIPE_DAYS_UNTIL_DUE = 14
+    invoice = finalize(draft_invoice)
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_invoice["status"] == "open"
+    assert stripe_invoice["days_until_due"] == 14
+    assert fake_stripe.emails_sent == {stripe_invoice["id"]: 1}
+    stripe_sync.deliver_invoice(invoice_id=invoice.pk)
+    assert fake_stripe.emails_sent == {stripe_invoice["id"]: 1}
+    assert fake_stripe.requests_to("POST", r"/v1/invoices/.*/pay") == []
+
+
+def test_cap_credit_line_is_a_negative_item(draft_invoice, fake_stripe):
+    InvoiceLine.objects.create(
+        invoice=draft_invoice,
+        position=10,
+        kind=InvoiceLine.Kind.CAP_CREDIT,
+        description="Budget cap credit (this period): usage beyond the cap is not charged",
+        quantity=0,
+        amount_minor=-415,
+    )
+    Invoice.objects.filter(pk=draft_invoice.pk).update(total_minor=2500)
+    invoice = finalize(draft_invoice)
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_invoice["total"] == 2500
+    credit = invoice.lines.get(kind="cap_credit")
+    [item] = [i for i in fake_stripe.items_of(stripe_invoice["id"]) if i["amount"] < 0]
+    assert item["amount"] == -415 and item["metadata"]["line_id"] == str(credit.pk)
+    assert "aggregate_id" not in item["metadata"]
+    assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
+
+
+# (fault, request it hits, how many times that write is sent in all). A fault answered before
+# Stripe applied anything (500, 429) is resent under the same key; after a write was applied
+# and its answer lost (timeout, reset), the retry finds it (the invoice by its metadata, the
+# items by line, the status before finalizing or paying) or Stripe replays the first answer.
+FAULTS = [
+    ("500", r"/v1/invoiceitems", 2),
+    ("429", r"/v1/invoiceitems", 2),
+    ("timeout", r"/v1/invoiceitems", 1),
+    ("reset", r"/v1/invoiceitems", 1),
+    ("reset", r"/v1/customers", 2),
+    ("timeout", r"/v1/invoices", 1),
+    ("reset", r"/v1/invoices", 1),
+    ("500", r"/v1/invoices/.*/finalize", 2),
+    ("reset", r"/v1/invoices/.*/finalize", 1),
+    ("timeout", r"/v1/invoices/.*/pay", 1),
+    ("reset", r"/v1/invoices/.*/pay", 1),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "sent"), FAULTS, ids=[f"{k}:{p}" for k, p, _ in FAULTS])
+def test_each_fault_then_retry_ends_with_exactly_our_invoice(
+    draft_invoice, fake_stripe, kind, path, sent
+):
+    fake_stripe.inject(kind, path=path, delay=1.0)
+    with pytest.raises(Retry):  # the delivery task asks Celery to retry it later
+        finalize(draft_invoice)
+    tasks.deliver_invoice.apply(args=[draft_invoice.pk])  # the retry
+    invoice = Invoice.objects.get(pk=draft_invoice.pk)
+
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)  # one invoice, no duplicate
+    assert stripe_invoice["status"] == "paid"
+    assert stripe_invoice["total"] == invoice.total_minor
+    assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
+    assert len(fake_stripe.invoice_items) == invoice.lines.count()
+    assert len(fake_stripe.customers) == 1
+    [faulted] = [r for r in fake_stripe.requests if r.fault == kind]
+    same_key = [r for r in fake_stripe.requests if r.idempotency_key == faulted.idempotency_key]
+    assert len(same_key) == sent
+    applied_first = kind in {"timeout", "reset"}
+    assert [r.replayed for r in same_key] == [False] + [applied_first] * (sent - 1)
+    sync = StripeInvoiceSync.objects.get(invoice=invoice)
+    assert (sync.status, sync.attempts) == ("delivered", 2)
+
+
+def test_rerun_after_crash_between_stripe_call_and_commit(draft_invoice, fake_stripe, monkeypatch):
+    original = stripe_sync._record_line_item
+    recorded = []
+
+    def crash_on_second(**kwargs):
+        if len(recorded) == 1:
+            raise RuntimeError("worker killed before the commit")
+        recorded.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(stripe_sync, "_record_line_item", crash_on_second)
+    with pytest.raises(RuntimeError):
+        finalize(draft_invoice)
+    invoice = Invoice.objects.get(pk=draft_invoice.pk)
+    assert len(fake_stripe.invoice_items) == 2  # Stripe has the second item, we do not know it
+    assert invoice.lines.filter(stripe_invoice_item_id__isnull=False).count() == 1
+
+    monkeypatch.setattr(stripe_sync, "_record_line_item", original)
+    tasks.deliver_invoice.apply(args=[invoice.pk])  # the redelivered task, or the resume beat
+
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
+    assert len(fake_stripe.invoice_items) == 3
+    assert len(fake_stripe.requests_to("POST", "/v1/invoiceitems")) == 3  # found, not resent
+    assert stripe_invoice["status"] == "paid"
+    assert invoice.lines.filter(stripe_invoice_item_id__isnull=True).count() == 0
+
+
+def test_rerun_after_crash_once_the_invoice_was_created(draft_invoice, fake_stripe, monkeypatch):
+    original = stripe_sync._record_stripe_invoice
+
+    def crash(**kwargs):
+        raise RuntimeError("worker killed before the commit")
+
+    monkeypatch.setattr(stripe_sync, "_record_stripe_invoice", crash)
+    with pytest.raises(RuntimeError):
+        finalize(draft_invoice)
+    assert len(fake_stripe.invoices) == 1
+    assert Invoice.objects.get(pk=draft_invoice.pk).stripe_invoice_id is None
+
+    monkeypatch.setattr(stripe_sync, "_record_stripe_invoice", original)
+    tasks.deliver_invoice.apply(args=[draft_invoice.pk])
+    invoice = Invoice.objects.get(pk=draft_invoice.pk)
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert invoice.stripe_invoice_id == stripe_invoice["id"]
+    assert len(fake_stripe.requests_to("POST", "/v1/invoices")) == 1  # looked up, not recreated
+    assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
+
+
+def test_unresolved_after_24_hours_is_flagged_not_resent(
+    draft_invoice, fake_stripe, monkeypatch, clock
+):
+    original = stripe_sync._record_line_item
+
+    def crash(**kwargs):
+        raise RuntimeError("worker killed before the commit")
+
+    monkeypatch.setattr(stripe_sync, "_record_line_item", crash)
+    with pytest.raises(RuntimeError):
+        finalize(draft_invoice)
+    monkeypatch.setattr(stripe_sync, "_record_line_item", original)
+    clock.shift(timedelta(hours=25))
+    fake_stripe.forget_idempotency_keys()  # Stripe may prune keys after 24 hours
+    before = len(fake_stripe.requests)
+
+    tasks.deliver_invoice.apply(args=[draft_invoice.pk])
+
+    assert fake_stripe.requests[before:] == []  # nothing resent with a key Stripe forgot
+    sync = StripeInvoiceSync.objects.get(invoice=draft_invoice)
+    assert sync.status == "needs_attention"
+    assert AuditEntry.objects.filter(action="invoice.stripe_needs_attention").count() == 1
+    assert any("delivery needs_attention" in p for p in stripe_sync.reconcile_with_stripe())
+
+    # finance staff check Stripe and retry: what exists is found, the rest is created once
+    stripe_sync.retry_invoice_sync(invoice_id=draft_invoice.pk, user=None, now=timezone.now())
+    invoice = Invoice.objects.get(pk=draft_invoice.pk)
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
+    assert len(fake_stripe.invoice_items) == invoice.lines.count()
+    assert StripeInvoiceSync.objects.get(invoice=invoice).status == "delivered"
+    assert AuditEntry.objects.filter(action="invoice.stripe_retried").count() == 1
+
+
+def test_permanent_error_is_recorded_and_not_retried(draft_invoice, fake_stripe):
+    stripe_sync.link_stripe_customer(
+        customer_id=draft_invoice.customer_id, stripe_customer_id="cus_gone"
+    )
+    invoice = finalize(draft_invoice)
+
+    sync = StripeInvoiceSync.objects.get(invoice=invoice)
+    assert sync.status == "failed" and "No such customer" in sync.last_error
+    assert len(fake_stripe.requests_to("POST", "/v1/invoices")) == 1
+    failed = AuditEntry.objects.get(action="invoice.stripe_failed")
+    assert failed.data["http_status"] == 404
+    assert fake_stripe.invoices == {}
+
+    # finance staff link the right customer and retry
+    customer = fake_stripe.create_customer({"name": "Acme Corp"})
+    stripe_sync.link_stripe_customer(
+        customer_id=invoice.customer_id, stripe_customer_id=customer["id"]
+    )
+    stripe_sync.retry_invoice_sync(invoice_id=invoice.pk, now=invoice.finalized_at)
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_invoice["customer"] == customer["id"]
+    assert StripeInvoiceSync.objects.get(invoice=invoice).status == "delivered"
+
+
+def test_declined_card_leaves_the_invoice_open_and_delivered(draft_invoice, fake_stripe):
+    customer = fake_stripe.create_customer({"name": "Acme Corp"})
+    stripe_sync.link_stripe_customer(
+        customer_id=draft_invoice.customer_id, stripe_customer_id=customer["id"]
+    )
+    fake_stripe.decline_payments(customer["id"])
+    invoice = finalize(draft_invoice)
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_invoice["status"] == "open"  # Stripe keeps collecting
+    sync = StripeInvoiceSync.objects.get(invoice=invoice)
+    assert sync.status == "delivered" and "card was declined" in sync.last_error
+    assert len(fake_stripe.requests_to("POST", r"/v1/invoices/.*/pay")) == 1
+    assert invoice.status == "finalized"
+
+
+def test_no_stripe_call_inside_a_transaction(draft_invoice):
+    finalize_now = draft_invoice.created_at + timedelta(hours=2)
+    from invoicing.services import invoices
+
+    with pytest.raises(RuntimeError, match="inside a database transaction"):
+        with transaction.atomic():
+            invoices.finalize_invoice(invoice_id=draft_invoice.pk, now=finalize_now)
+            stripe_sync.deliver_invoice(invoice_id=draft_invoice.pk)

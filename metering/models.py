@@ -301,8 +301,10 @@ class BudgetPeriodState(models.Model):
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
+    # The spend and cap at the last check that changed something (an alert or a transition);
+    # checks that change nothing are reads and leave the row alone.
     spent_minor = models.BigIntegerField(default=0)
-    cap_minor = models.BigIntegerField(null=True, blank=True)  # the cap at the last check
+    cap_minor = models.BigIntegerField(null=True, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.CharField(max_length=150, blank=True)
     paused_at = models.DateTimeField(null=True, blank=True)

@@ -115,6 +115,9 @@ def evaluate_budget(*, customer: Customer, now: datetime, actor: object = None) 
     period = subscriptions.current_period(customer=customer, now=now)
     if period is None:
         return BudgetStatus(customer, ACTIVE, customer.currency, None, 0, None, None)
+    unchanged = _unchanged_status(customer=customer, period=period)
+    if unchanged is not None:
+        return unchanged  # the common case: a read, no lock, no write
     with transaction.atomic():
         state = _state_for(customer, period)
         cap = BudgetCap.objects.filter(customer=customer).first()
@@ -181,6 +184,47 @@ def evaluate_budget(*, customer: Customer, now: datetime, actor: object = None) 
         transition=transition,
         pause_count=state.pause_count,
         resume_count=state.resume_count,
+    )
+
+
+def _unchanged_status(*, customer: Customer, period: BillingPeriod) -> BudgetStatus | None:
+    """The status when a check would record nothing (no new threshold, no transition, no
+    first check of the period for a paused customer), else None: agents ask for the allowance
+    before every task, so the answer must not cost a locked write and a commit."""
+    cap = BudgetCap.objects.filter(customer=customer).first()
+    state = BudgetPeriodState.objects.filter(customer=customer, period_start=period.start).first()
+    capped = cap is not None and cap.cap_minor is not None
+    if state is None and (capped or customer.status == Customer.Status.PAUSED):
+        return None  # the period's first check of a capped or paused customer records it
+    spent = selectors.preview_period_usage(period=period).total_minor
+    crossed: set[int] = set()
+    if capped:
+        crossed = {t for t in cap.thresholds if spent * 100 >= t * cap.cap_minor}
+        alerted = set(
+            BudgetAlert.objects.filter(
+                customer=customer, period_start=period.start, cap_minor=cap.cap_minor
+            ).values_list("threshold", flat=True)
+        )
+        if not crossed <= alerted:
+            return None
+    if state is None:
+        status = ACTIVE
+    else:
+        status = _status_for(cap=cap, state=state, spent=spent, crossed=bool(crossed))
+        if status != state.status or (state.cap_minor != (cap.cap_minor if cap else None)):
+            return None
+    return BudgetStatus(
+        customer=customer,
+        status=status,
+        currency=period.plan.currency,
+        cap_minor=cap.cap_minor if cap else None,
+        spent_minor=spent,
+        period_start=period.start,
+        period_end=period.end,
+        action=cap.action if cap else None,
+        thresholds=sorted(cap.thresholds) if cap else [],
+        pause_count=state.pause_count if state else 0,
+        resume_count=state.resume_count if state else 0,
     )
 
 

@@ -91,7 +91,10 @@ def test_concurrent_events_across_the_cap_alert_and_pause_exactly_once(
     assert AuditEntry.objects.filter(action="budget.paused").count() == 1
     assert not AuditEntry.objects.filter(action="budget.resumed").exists()
     state = BudgetPeriodState.objects.get()
-    assert (state.status, state.pause_count, state.spent_minor) == ("paused", 1, 1000)
+    # the state records the spend of its last change (the pause: at or past the cap); checks
+    # that change nothing are reads, so the live spend is the allowance's, asserted below
+    assert (state.status, state.pause_count) == ("paused", 1)
+    assert 500 <= state.spent_minor <= 1000
     assert Customer.objects.get(pk=on_tasks_plan.pk).status == "paused"
     # told exactly once each: three alert e-mails, one to finance, four webhooks
     sent = Notification.objects.filter(status="sent")

@@ -27,7 +27,7 @@ from invoicing.models import BillingPeriod, Invoice
 from invoicing.pricing import plan_price_specs
 from invoicing.rating import rate
 from invoicing.services import subscriptions
-from metering.models import BudgetAlert, Customer, Meter, UsageEvent
+from metering.models import BudgetAlert, Customer, Meter, UsageEvent, UsageRollup
 
 QUANTITY_STEP = Decimal("0.000001")  # quantities carry 6 decimal places
 # Meters whose period quantity grows with time, so a linear extrapolation means something;
@@ -156,6 +156,14 @@ def _measure(meter: Meter, row: dict[str, Any]) -> Decimal:
     return row["top"] or Decimal(0)
 
 
+def _whole_hour_offsets(zone: ZoneInfo, start: datetime, end: datetime) -> bool:
+    """Whether the zone's UTC offset is a whole number of hours over the window."""
+    return all(
+        (moment.astimezone(zone).utcoffset() or timedelta(0)) % timedelta(hours=1) == timedelta(0)
+        for moment in (start, end)
+    )
+
+
 def daily_usage(
     *, customer: Customer, days: int, now: datetime, meters: list[Meter] | None = None
 ) -> list[DailySeries]:
@@ -169,15 +177,24 @@ def daily_usage(
     zone = customer_zone(customer)
     today = now.astimezone(zone).date()
     first_day = today - timedelta(days=days - 1)
+    start = local_midnight(first_day, zone)
+    end = local_midnight(today + timedelta(days=1), zone)
     events = UsageEvent.objects.filter(
-        customer=customer,
-        timestamp__gte=local_midnight(first_day, zone),
-        timestamp__lt=local_midnight(today + timedelta(days=1), zone),
+        customer=customer, timestamp__gte=start, timestamp__lt=end
     ).annotate(day=TruncDate("timestamp", tzinfo=zone))
     values: dict[int, dict[date, Decimal]] = {}
-    rows = events.values("meter_id", "day").annotate(
-        total=Sum("quantity"), n=Count("id"), top=Max("quantity")
-    )
+    if _whole_hour_offsets(zone, start, end):
+        # Each UTC hour lies within one local day: read the hourly rollups, not the events.
+        rows = (
+            UsageRollup.objects.filter(customer=customer, hour__gte=start, hour__lt=end)
+            .annotate(day=TruncDate("hour", tzinfo=zone))
+            .values("meter_id", "day")
+            .annotate(total=Sum("quantity"), n=Sum("event_count"), top=Max("max_quantity"))
+        )
+    else:
+        rows = events.values("meter_id", "day").annotate(
+            total=Sum("quantity"), n=Count("id"), top=Max("quantity")
+        )
     all_meters = {m.pk: m for m in Meter.objects.all()}
     for row in rows:
         meter = all_meters[row["meter_id"]]

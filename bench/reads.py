@@ -80,7 +80,7 @@ def load(events: int, customers: int) -> dict:
             "   + (g %% %s) END, (%s::bigint[])[1 + (g %% 3)], 'e' || g, (g %% 997) + 0.5,"
             " %s::timestamptz + ((g * 7919) %% %s) * interval '1 second',"
             " jsonb_build_object('agent_id', 'a' || (g %% 20)), md5(g::text), now()"
-            " FROM generate_series(1, %s) g",
+            " FROM generate_series(1::bigint, %s) g",
             [hot.pk, customers, meter_ids, month_start, span, events],
         )
         cursor.execute(

@@ -170,20 +170,15 @@ def evaluate_budget(*, customer: Customer, now: datetime, actor: object = None) 
                     "period_start": period.start,
                 },
             )
-    return BudgetStatus(
+    return _result(
         customer=customer,
+        period=period,
+        cap=cap,
+        state=state,
         status=status,
-        currency=period.plan.currency,
-        cap_minor=cap.cap_minor if cap else None,
-        spent_minor=spent,
-        period_start=period.start,
-        period_end=period.end,
-        action=cap.action if cap else None,
-        thresholds=sorted(cap.thresholds) if cap else [],
+        spent=spent,
         new_alerts=new_alerts,
         transition=transition,
-        pause_count=state.pause_count,
-        resume_count=state.resume_count,
     )
 
 
@@ -213,6 +208,22 @@ def _unchanged_status(*, customer: Customer, period: BillingPeriod) -> BudgetSta
         status = _status_for(cap=cap, state=state, spent=spent, crossed=bool(crossed))
         if status != state.status or (state.cap_minor != (cap.cap_minor if cap else None)):
             return None
+    return _result(
+        customer=customer, period=period, cap=cap, state=state, status=status, spent=spent
+    )
+
+
+def _result(
+    *,
+    customer: Customer,
+    period: BillingPeriod,
+    cap: BudgetCap | None,
+    state: BudgetPeriodState | None,
+    status: str,
+    spent: int,
+    new_alerts: list[BudgetAlert] | None = None,
+    transition: str | None = None,
+) -> BudgetStatus:
     return BudgetStatus(
         customer=customer,
         status=status,
@@ -223,6 +234,8 @@ def _unchanged_status(*, customer: Customer, period: BillingPeriod) -> BudgetSta
         period_end=period.end,
         action=cap.action if cap else None,
         thresholds=sorted(cap.thresholds) if cap else [],
+        new_alerts=new_alerts or [],
+        transition=transition,
         pause_count=state.pause_count if state else 0,
         resume_count=state.resume_count if state else 0,
     )

@@ -30,7 +30,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing_project.settings")
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def load(events: int, customers: int) -> dict:
@@ -98,7 +98,7 @@ def load(events: int, customers: int) -> dict:
         )
         cursor.execute("ANALYZE")
     load_seconds = time.perf_counter() - t
-    user = User.objects.create_user("hot", password="bench-password-1")
+    user = User.objects.create_user("hot", password="bench-password-1")  # noqa: S106
     PortalMembership.objects.create(user=user, customer=hot)
     _, key = services.create_api_key(name="bench")
     return {"hot": hot, "user": user, "key": key, "load_seconds": load_seconds}

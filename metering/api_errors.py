@@ -1,7 +1,8 @@
 """One error shape for the whole API: `{"errors": [{"index", "field", "message"}, ...]}`.
 
 DRF's own exceptions (authentication, permissions, parsing, throttling, 404, 405) are mapped
-to that shape; anything unexpected is logged and answered 500 with no internals shown.
+to that shape; anything unexpected is logged and answered 500 with no internals shown. A 429
+carries `Retry-After` in whole seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from metering.authentication import INVALID_KEY_MESSAGE
 
 def error_body(message: str, *, field: str | None = None, index: int | None = None) -> dict:
     return {"errors": [{"index": index, "field": field, "message": message}]}
+
+
+def throttled_response(wait: int | None) -> Response:
+    """429 for a key over its rate limit; `wait` is whole seconds (DRF rounds it up)."""
+    message = "rate limit exceeded for this API key"
+    if wait is None:
+        return Response(error_body(message), status=status.HTTP_429_TOO_MANY_REQUESTS)
+    response = Response(
+        error_body(f"{message}: retry in {wait} seconds"), status=status.HTTP_429_TOO_MANY_REQUESTS
+    )
+    response["Retry-After"] = str(wait)
+    return response
 
 
 def _flatten(detail: Any, field: str | None = None) -> list[dict[str, Any]]:
@@ -39,6 +52,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         )
         response["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
+    if isinstance(exc, exceptions.Throttled):
+        return throttled_response(exc.wait)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from metering.currencies import CURRENCIES
@@ -91,6 +92,7 @@ def decimal_text(value: Decimal) -> str:
     return text or "0"
 
 
+@extend_schema_field({"type": "string", "format": "decimal", "example": "0.000125"})
 class ExactDecimalField(serializers.Field):
     """Read-only decimal rendered as an exact string (never a float): "0.000125"."""
 

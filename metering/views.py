@@ -50,6 +50,7 @@ class IngestEventsView(APIView):
     """`POST /api/v1/events`: one event, or `{"events": [...]}` with 1 to 1,000 events."""
 
     permission_classes = [HasApiKey]
+    rate_limit_scope = "events"  # BILLING_RATE_LIMIT_EVENTS, counted per API key
 
     @extend_schema(
         operation_id="ingest_events",
@@ -62,6 +63,7 @@ class IngestEventsView(APIView):
             413: ErrorOutput,
             415: ErrorOutput,
             422: ErrorOutput,
+            429: ErrorOutput,
         },
         examples=[OpenApiExample("one event", value=_EVENT_EXAMPLE, request_only=True)],
     )
@@ -121,7 +123,9 @@ class MetersView(APIView):
 
     permission_classes = [HasApiKey]
 
-    @extend_schema(operation_id="list_meters", responses={200: MeterOutput(many=True)})
+    @extend_schema(
+        operation_id="list_meters", responses={200: MeterOutput(many=True), 429: ErrorOutput}
+    )
     def get(self, request: Request) -> Response:
         return Response(MeterOutput(selectors.list_active_meters(), many=True).data)
 

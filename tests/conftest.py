@@ -1,8 +1,10 @@
-"""Shared fixtures: a fast password hasher, an API client, customers, meters and keys."""
+"""Shared fixtures: a fast password hasher, a private cache, no login throttling, an API client,
+customers, meters and keys."""
 
 from __future__ import annotations
 
 import pytest
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from metering import services
@@ -12,6 +14,22 @@ from tests.factories import CustomerFactory, MeterFactory
 @pytest.fixture(autouse=True)
 def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(settings):
+    """Each test counts API rate limits in a fresh in-process cache, not the one under var/."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tests"}
+    }
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_login_throttle(settings):
+    """Login throttling is off: Django's test client logs in without a request, which
+    django-axes refuses. tests/security turns it on where it is tested."""
+    settings.AXES_ENABLED = False
 
 
 @pytest.fixture(autouse=True)

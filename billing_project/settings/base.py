@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
-from billing_project.settings.env import env_bool, env_int, env_list, env_str
+from billing_project.settings.env import env_bool, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(env_str("BILLING_VAR_DIR", str(BASE_DIR / "var")))
@@ -33,7 +36,7 @@ ALLOWED_HOSTS = env_list(
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "billing_project.apps.BillingAdminConfig",  # django.contrib.admin with our AdminSite
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -44,6 +47,10 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "anymail",
+    "axes",
+    "csp",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "metering",
     "invoicing",
     "notifications",
@@ -52,12 +59,16 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "billing_project.urls"
@@ -100,6 +111,33 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- Cache ------------------------------------------------------------------------------------
+# Holds the API rate-limit counters, so it must be shared by every web process: Redis in
+# production (CACHE_URL, or REDIS_URL), a directory under var/ on the embedded default.
+CACHE_URL = env_str("CACHE_URL", "") or env_str("REDIS_URL", "")
+if CACHE_URL:
+    if urlsplit(CACHE_URL).scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(
+            "CACHE_URL (or REDIS_URL) must be a redis://, rediss:// or unix:// URL"
+        )
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "billing",
+            # Short socket timeouts: a cache outage must not hold requests (rate limits fail open).
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+            "OPTIONS": {"MAX_ENTRIES": 10000},
+        }
+    }
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -134,6 +172,30 @@ LOGIN_URL = "/portal/login/"
 LOGIN_REDIRECT_URL = "/portal/"
 LOGOUT_REDIRECT_URL = "/portal/login/"
 
+# django-axes checks every login (portal and admin) before the password is: after
+# BILLING_LOGIN_FAILURE_LIMIT failures for one username from one IP address, that pair is
+# refused (429) for BILLING_LOGIN_COOLOFF seconds, counted again from each refused attempt.
+# A successful login clears the count. Attempts are rows in the database (the admin lists them).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("BILLING_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = env_int("BILLING_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("BILLING_LOGIN_COOLOFF", 15 * 60, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "billing_project.login_lockout.locked_out_response"
+AXES_VERBOSE = False  # no start-up banner; failures and lockouts are still logged
+
+# --- Back office ------------------------------------------------------------------------------
+# /admin/ is for active staff who are superusers or members of one of these groups.
+BILLING_ADMIN_GROUPS = env_list("BILLING_ADMIN_GROUPS", ["Finance"])
+# Two-factor login (django-otp TOTP): when on, users with a confirmed TOTP device must give its
+# current token at the admin login. Devices are added in the admin (OTP TOTP devices).
+BILLING_ADMIN_2FA = env_bool("BILLING_ADMIN_2FA", False)
+OTP_TOTP_ISSUER = "Agent billing"
+
 # --- API --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["metering.authentication.ApiKeyAuthentication"],
@@ -142,7 +204,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["metering.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "metering.api_errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["metering.throttling.ApiKeyRateThrottle"],
     "UNAUTHENTICATED_USER": None,
+}
+# Requests per API key (metering/throttling.py): "600/min", "10/s", "5000/hour" or "off".
+BILLING_RATE_LIMITS = {
+    "events": env_rate("BILLING_RATE_LIMIT_EVENTS", "600/min"),  # POST /api/v1/events
+    "reads": env_rate("BILLING_RATE_LIMIT_READS", "1200/min"),  # the GET endpoints
+    "writes": env_rate("BILLING_RATE_LIMIT_WRITES", "600/min"),  # customers, plans, budgets
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent metered billing API",
@@ -238,27 +307,73 @@ if OPERATOR_WEBHOOK_URL and not OPERATOR_WEBHOOK_SECRET:
 
 # --- Email --------------------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# The SMTP relay, when EMAIL_BACKEND is django.core.mail.backends.smtp.EmailBackend.
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "billing@localhost")
 ANYMAIL: dict[str, str] = {}
 
 # --- Logging ------------------------------------------------------------------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # API keys and Authorization headers are masked in every record the handler writes.
+    "filters": {"redact_secrets": {"()": "billing_project.log_redaction.RedactSecretsFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # Django's own loggers write through the root handler too (its default "django" and
+    # "django.server" handlers would print records unmasked).
+    "loggers": {
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.db.backends": {"level": "WARNING"},
+    },
 }
+
+# --- Browser security headers and cookies (every environment) ---------------------------------
+# The Content-Security-Policy (django-csp): everything from our own origin, no inline scripts
+# and no <style> elements. Inline style="" attributes are allowed: the portal sizes its budget
+# bar and colours its chart legend with them. Pages that need less set their own header (the
+# invoice document: nothing but its inline styles).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"  # Lax, not Strict: links in e-mails open the portal signed in
+CSRF_COOKIE_HTTPONLY = True  # no script reads it: every form carries its token
+CSRF_COOKIE_SAMESITE = "Lax"
 
 # --- Production hardening -----------------------------------------------------------------------
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Load balancers probe /healthz over plain HTTP, without X-Forwarded-Proto.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    SECURE_CONTENT_TYPE_NOSNIFF = True
-    X_FRAME_OPTIONS = "DENY"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -41,3 +42,21 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+_RATE = re.compile(r"(\d+)\s*/\s*(\d*)\s*(s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)")
+_RATE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def env_rate(name: str, default: str) -> tuple[int, int] | None:
+    """A request rate such as `600/min` (also `10/s`, `5000/hour`, `100/15min`) as (requests,
+    seconds); `off` means no limit, returned as None."""
+    raw = os.environ.get(name, default).strip().lower()
+    if raw == "off":
+        return None
+    match = _RATE.fullmatch(raw)
+    if match is None or int(match[1]) < 1 or match[2] == "0":
+        raise ImproperlyConfigured(
+            f"{name} must be a rate such as 600/min, 10/s or off, got {raw!r}"
+        )
+    return int(match[1]), int(match[2] or 1) * _RATE_SECONDS[match[3][0]]

@@ -284,8 +284,10 @@ def test_transitions_not_allowed_show_an_error_and_change_nothing(finance, close
     assert audit_actions() == before
 
 
-def test_actions_need_the_change_permission(closed_invoice):
+def test_actions_need_the_change_permission(closed_invoice, settings):
+    settings.BILLING_ADMIN_GROUPS = ["Finance", "Auditors"]  # a read-only back-office group
     viewer = User.objects.create_user("vic", is_staff=True)
+    viewer.groups.add(Group.objects.create(name="Auditors"))
     viewer.user_permissions.add(
         *Group.objects.get(name="Finance").permissions.filter(codename__startswith="view_")
     )
@@ -363,12 +365,15 @@ def test_document_marks_drafts_and_adjustment_lines(finance, closed_invoice, rec
     assert '<td colspan="5">Total</td> <td class="num">$7.00</td>' in html
 
 
-def test_document_needs_staff_and_view_permission(closed_invoice):
+def test_document_needs_staff_and_view_permission(closed_invoice, settings):
     url = admin_url("invoice", "document", closed_invoice.pk)
     assert Client().get(url).status_code == 302  # to the admin login
     staff = User.objects.create_user("sam", is_staff=True)
     client = Client()
     client.force_login(staff)
+    assert client.get(url).status_code == 302  # staff outside the back-office groups: the login
+    settings.BILLING_ADMIN_GROUPS = ["Finance", "Support"]
+    staff.groups.add(Group.objects.create(name="Support"))  # in the admin, no invoice permission
     assert client.get(url).status_code == 403
     finance = User.objects.create_user("fin2", is_staff=True)
     finance.groups.add(Group.objects.get(name="Finance"))

@@ -1,0 +1,94 @@
+"""The back office's admin site: finance staff only, with an optional second factor.
+
+Only active staff who are superusers or members of a group in `BILLING_ADMIN_GROUPS` (default
+"Finance") may use /admin/; anyone else is sent to the admin login page, which refuses them.
+With `BILLING_ADMIN_2FA` on, a user who has a confirmed TOTP device (django-otp) must also give
+its current token to log in, and a session not verified by that device counts as logged out of
+the admin. Users without a device log in with their password alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.http import HttpRequest
+from django_otp import devices_for_user, user_has_device
+from django_otp.forms import OTPAuthenticationFormMixin
+
+TWO_FACTOR_LOGIN_TEMPLATE = "otp/admin111/login.html"  # django-otp's admin login page
+
+
+def may_use_back_office(user: Any) -> bool:
+    """Active staff who are superusers or in one of the back-office groups."""
+    if not (user.is_active and user.is_staff):
+        return False
+    if user.is_superuser:
+        return True
+    return user.groups.filter(name__in=settings.BILLING_ADMIN_GROUPS).exists()
+
+
+def needs_second_factor(user: Any) -> bool:
+    return settings.BILLING_ADMIN_2FA and user_has_device(user, confirmed=True)
+
+
+class BackOfficeLoginForm(AdminAuthenticationForm):
+    """The admin login, refusing staff outside the back-office groups like a wrong password."""
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        super().confirm_login_allowed(user)
+        if not may_use_back_office(user):
+            raise forms.ValidationError(
+                self.error_messages["invalid_login"],
+                code="invalid_login",
+                params={"username": self.username_field.verbose_name},
+            )
+
+
+class TwoFactorBackOfficeLoginForm(OTPAuthenticationFormMixin, BackOfficeLoginForm):
+    """The admin login with django-otp's token fields; the token is checked only for users
+    who have a confirmed device. With a single device, that device is used without asking."""
+
+    otp_device = forms.CharField(required=False, widget=forms.Select)
+    otp_token = forms.CharField(
+        required=False, widget=forms.TextInput(attrs={"autocomplete": "one-time-code"})
+    )
+    otp_challenge = forms.CharField(required=False)  # django-otp's "Get OTP Challenge" button
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        user = self.get_user()
+        if user is not None and user_has_device(user, confirmed=True):
+            self.clean_otp(user)
+        return cleaned
+
+    def _chosen_device(self, user: Any) -> Any:
+        device = super()._chosen_device(user)
+        if device is None:
+            # Called inside clean_otp's transaction (for_verify locks the rows).
+            devices = list(devices_for_user(user, for_verify=True))
+            if len(devices) == 1:
+                device = devices[0]
+        return device
+
+
+class BillingAdminSite(admin.AdminSite):
+    @property
+    def login_form(self) -> type[AdminAuthenticationForm]:  # type: ignore[override]
+        return TwoFactorBackOfficeLoginForm if settings.BILLING_ADMIN_2FA else BackOfficeLoginForm
+
+    @property
+    def login_template(self) -> str | None:  # type: ignore[override]
+        return TWO_FACTOR_LOGIN_TEMPLATE if settings.BILLING_ADMIN_2FA else None
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        user = request.user
+        if not may_use_back_office(user):
+            return False
+        if not needs_second_factor(user):
+            return True
+        is_verified = getattr(user, "is_verified", None)  # set by django-otp's OTPMiddleware
+        return bool(is_verified and is_verified())

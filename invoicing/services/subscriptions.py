@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.db import connection, transaction
+from django.db.models import OuterRef, Subquery
+from django.utils import timezone
 
 from invoicing import periods
 from invoicing.models import BillingPeriod, Interval, PricePlan, Subscription
@@ -191,11 +193,17 @@ def roll_subscriptions(*, now: datetime, batch_size: int = 1000) -> int:
                 break
             new_periods: list[BillingPeriod] = []
             for subscription in due:
-                missing = _missing_periods(subscription, now=now)
-                new_periods.extend(missing)
-                subscription.periods_until = missing[-1].end
+                new_periods.extend(_missing_periods(subscription, now=now))
             BillingPeriod.objects.bulk_create(new_periods, ignore_conflicts=True)
-            Subscription.objects.bulk_update(due, ["periods_until"])
+            # One UPDATE: each subscription's periods now end where its latest period ends.
+            latest_end = (
+                BillingPeriod.objects.filter(customer_id=OuterRef("customer_id"))
+                .order_by("-end")
+                .values("end")[:1]
+            )
+            Subscription.objects.filter(pk__in=[s.pk for s in due]).update(
+                periods_until=Subquery(latest_end), updated_at=timezone.now()
+            )
             created += len(new_periods)
     BillingPeriod.objects.filter(status=BillingPeriod.Status.OPEN, end__lte=now).update(
         status=BillingPeriod.Status.CLOSING

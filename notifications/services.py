@@ -222,6 +222,35 @@ def _dec(value: object) -> Decimal:
     return Decimal(str(value))
 
 
+def requeue_stale_messages(*, now: datetime) -> int:
+    """Queue again the send of every message still pending a while after it was recorded.
+
+    The send task is queued after the outbox row commits; if that message is lost (a broker
+    restarted without persistence, or unreachable at that moment) nothing else would send it,
+    and an unsent summary would hold its invoice back for ever. Sending claims the row
+    atomically, so a message queued twice is still sent once. Operator webhooks never tried
+    are queued again the same way (their retries are scheduled by the task itself).
+    """
+    cutoff = now - timedelta(seconds=settings.BILLING_NOTIFICATION_RETRY_AFTER)
+    from notifications.tasks import deliver_operator_webhook, send_notification
+
+    stale = list(
+        Notification.objects.filter(status=N.Status.PENDING, updated_at__lt=cutoff)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    for notification_id in stale:
+        send_notification.delay(notification_id)
+    hooks = list(
+        OperatorWebhook.objects.filter(
+            status=OperatorWebhook.Status.PENDING, attempts=0, created_at__lt=cutoff
+        ).values_list("pk", flat=True)
+    )
+    for webhook_id in hooks:
+        deliver_operator_webhook.delay(webhook_id)
+    return len(stale) + len(hooks)
+
+
 def queue_usage_summaries() -> int:
     """Queue the summary of every draft invoice that has none yet (beat, every minute)."""
     count = 0

@@ -305,6 +305,9 @@ OPERATOR_WEBHOOK_SECRET = env_str("OPERATOR_WEBHOOK_SECRET", "")
 if OPERATOR_WEBHOOK_URL and not OPERATOR_WEBHOOK_SECRET:
     raise ImproperlyConfigured("OPERATOR_WEBHOOK_URL needs OPERATOR_WEBHOOK_SECRET to sign with")
 
+# A message still pending this long after it was recorded is queued again (seconds).
+BILLING_NOTIFICATION_RETRY_AFTER = env_int("BILLING_NOTIFICATION_RETRY_AFTER", 120, minimum=1)
+
 # --- Email --------------------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 # The SMTP relay, when EMAIL_BACKEND is django.core.mail.backends.smtp.EmailBackend.

@@ -18,6 +18,7 @@ from tests.invoicing.conftest import T0
 pytestmark = pytest.mark.django_db
 H = timedelta(hours=1)
 M = timedelta(minutes=1)
+S = timedelta(seconds=1)
 CLOSE_AT = T0 + H + 10 * M  # the first hour's close (end + grace)
 SEND_AT = T0 + H + 15 * M  # the summary beat run
 CHARGE_AFTER = SEND_AT + timedelta(seconds=1800)  # the review period runs from the summary
@@ -242,3 +243,23 @@ def test_finance_resend_sends_again_as_a_new_row(
     draft.refresh_from_db()
     assert draft.summary_sent_at == SEND_AT
     assert _summary_audits(draft) == 1
+
+
+def test_a_lost_send_is_queued_again_and_sent_once(
+    draft, settings, django_capture_on_commit_callbacks, mailoutbox
+):
+    """The send task's message is lost (the on-commit queueing never runs): the summary task
+    queues pending messages again once they are older than BILLING_NOTIFICATION_RETRY_AFTER,
+    and the atomic claim keeps a message queued twice from being sent twice."""
+    settings.BILLING_NOTIFICATION_RETRY_AFTER = 60
+    services.queue_usage_summaries()  # on-commit callbacks dropped: the send is "lost"
+    notification = Notification.objects.get()
+    assert notification.status == "pending" and mailoutbox == []
+
+    assert services.requeue_stale_messages(now=notification.updated_at + 30 * S) == 0
+    assert services.requeue_stale_messages(now=notification.updated_at + 61 * S) == 1
+    assert services.requeue_stale_messages(now=notification.updated_at + 62 * S) == 0
+    notification.refresh_from_db()
+    assert notification.status == "sent" and len(mailoutbox) == 1
+    tasks.send_notification(notification.pk)  # a second copy of the message: no second mail
+    assert len(mailoutbox) == 1

@@ -190,12 +190,12 @@ _EVENT_COLUMNS = (
 # that exist: duplicates and conflicts), inserts the events whose keys it claimed into the
 # partitioned events table, and adds them to their hourly rollups. Keys are claimed and rollup
 # rows upserted in key order, so concurrent batches never deadlock. Arrays are passed whole:
-# nine parameters whatever the batch size.
+# nine binary parameters whatever the batch size.
 _PG_INSERT = f"""
 WITH input AS (
     SELECT * FROM unnest(
-        %s::bigint[], %s::bigint[], %s::text[], %s::numeric[], %s::timestamptz[],
-        %s::jsonb[], %s::text[]) AS u(c, m, e, q, t, p, f)
+        %b::bigint[], %b::bigint[], %b::text[], %b::numeric[], %b::timestamptz[],
+        %b::jsonb[], %b::text[]) AS u(c, m, e, q, t, p, f)
 ), claimed AS (
     INSERT INTO metering_usageeventkey (customer_id, event_id, fingerprint)
     SELECT c, e, f FROM input ORDER BY c, e
@@ -203,7 +203,7 @@ WITH input AS (
     RETURNING customer_id, event_id
 ), ins AS (
     INSERT INTO metering_usageevent ({_EVENT_COLUMNS})
-    SELECT i.c, i.m, i.e, i.q, i.t, i.p, i.f, %s, %s
+    SELECT i.c, i.m, i.e, i.q, i.t, i.p, i.f, %b, %b
     FROM input i JOIN claimed k ON k.customer_id = i.c AND k.event_id = i.e
     RETURNING id, customer_id, meter_id, event_id, quantity, timestamp
 ), roll AS (
@@ -238,21 +238,27 @@ def _insert_ignoring_conflicts(
     keys it inserted."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(
-                _PG_INSERT,
-                [
-                    [r.customer_pk for r in rows],
-                    [r.meter_pk for r in rows],
-                    [r.event_id for r in rows],
-                    [r.quantity for r in rows],
-                    [r.timestamp for r in rows],
-                    [r.properties_json for r in rows],
-                    [r.fingerprint for r in rows],
-                    received_at,
-                    api_key.pk,
-                ],
-            )
-            return {(customer_pk, event_id) for customer_pk, event_id in cursor.fetchall()}
+            # Binary parameters (%b): the arrays travel as PostgreSQL's binary array format,
+            # not as SQL text (quoting 7,000 values cost a third of a worker's CPU). The raw
+            # psycopg cursor runs inside Django's transaction on the same connection.
+            connection.ensure_connection()
+            # wrap_database_errors: psycopg's errors surface as Django's, as on every query
+            with connection.wrap_database_errors, connection.connection.cursor() as raw:
+                raw.execute(
+                    _PG_INSERT,
+                    [
+                        [r.customer_pk for r in rows],
+                        [r.meter_pk for r in rows],
+                        [r.event_id for r in rows],
+                        [r.quantity for r in rows],
+                        [r.timestamp for r in rows],
+                        [r.properties_json for r in rows],
+                        [r.fingerprint for r in rows],
+                        received_at,
+                        api_key.pk,
+                    ],
+                )
+                return {(customer_pk, event_id) for customer_pk, event_id in raw.fetchall()}
         cursor.execute(
             "INSERT INTO metering_usageeventkey (customer_id, event_id, fingerprint) VALUES "  # noqa: S608
             + ", ".join(["(%s, %s, %s)"] * len(rows))

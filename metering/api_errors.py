@@ -7,13 +7,18 @@ carries `Retry-After` in whole seconds.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from metering.authentication import INVALID_KEY_MESSAGE
+
+logger = logging.getLogger(__name__)
+DATABASE_RETRY_AFTER = 5  # seconds
 
 
 def error_body(message: str, *, field: str | None = None, index: int | None = None) -> dict:
@@ -54,6 +59,16 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return response
     if isinstance(exc, exceptions.Throttled):
         return throttled_response(exc.wait)
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is unreachable (restarting, failing over): nothing was committed, so
+        # the client should retry the same request; say so instead of a bare 500.
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        response = Response(
+            error_body("the service is briefly unavailable; retry the same request"),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

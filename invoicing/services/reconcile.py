@@ -129,7 +129,9 @@ def _lines_match_aggregates() -> list[str]:
         plan = (line.source_period or line.invoice.period).plan
         if line.kind == "adjustment" and line.source_period is None:
             plan = line.invoice.period.plan
-        specs = specs_by_plan.setdefault(plan.pk, plan_price_specs(plan))
+        if plan.pk not in specs_by_plan:  # read each plan's prices once, not once per line
+            specs_by_plan[plan.pk] = plan_price_specs(plan)
+        specs = specs_by_plan[plan.pk]
         spec = specs.get(agg.meter_id)
         if spec is None:
             expected = 0

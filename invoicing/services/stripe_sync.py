@@ -932,6 +932,24 @@ def apply_stripe_event(*, event: dict[str, Any], now: datetime) -> tuple[StripeW
     return row, True
 
 
+# Stripe's invoice statuses only move forward (draft -> open -> uncollectible -> paid | void).
+STRIPE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+
+
+def _later_stripe_status(sync: StripeInvoiceSync, stripe_status: str, created: datetime) -> bool:
+    """Whether an event's status is newer than the one recorded on the sync.
+
+    A status further along always wins, and one further back never does: events of the same
+    second (`created` has whole seconds), and API answers recorded without a time, arrive in
+    any order. Between equal ranks, the event's time decides.
+    """
+    new = STRIPE_STATUS_RANK.get(stripe_status, -1)
+    old = STRIPE_STATUS_RANK.get(sync.stripe_status, -1)
+    if new != old:
+        return new > old
+    return sync.stripe_status_at is None or created >= sync.stripe_status_at
+
+
 def _our_invoice(obj: dict[str, Any]) -> Invoice | None:
     our_id = (obj.get("metadata") or {}).get("invoice_id")
     query = (
@@ -960,7 +978,7 @@ def _apply_invoice_event(*, row: StripeWebhookEvent, obj: dict[str, Any]) -> Non
         return
     sync = StripeInvoiceSync.objects.select_for_update().filter(invoice=invoice).first()
     stripe_status = str(obj.get("status") or "")
-    if sync is not None and (sync.stripe_status_at is None or row.created >= sync.stripe_status_at):
+    if sync is not None and _later_stripe_status(sync, stripe_status, row.created):
         sync.stripe_status = stripe_status
         sync.stripe_status_at = row.created
         sync.save(update_fields=["stripe_status", "stripe_status_at", "updated_at"])

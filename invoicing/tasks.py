@@ -33,7 +33,9 @@ def close_due_periods() -> dict[str, int]:
     max_retries=None,
 )
 def deliver_invoice(invoice_id: int) -> None:
-    """Hand a finalized invoice to the billing backend (idempotent; queued after commit)."""
+    """Hand an invoice to the billing backend: deliver a finalized one, push a later status
+    (paid, void, uncollectible here) to where it was delivered. Idempotent; queued after commit
+    of every transition."""
     invoice = Invoice.objects.get(pk=invoice_id)
     if invoice.status == Invoice.Status.DRAFT:
         return

@@ -462,6 +462,7 @@ class FakeStripe:
             "id": self._id("in"),
             "object": "invoice",
             "auto_advance": _bool(params.get("auto_advance"), default=True),
+            "paid_out_of_band": False,
             "collection_method": method,
             "created": int(time.time()),
             "currency": params.get("currency", "usd"),
@@ -524,7 +525,9 @@ class FakeStripe:
             raise ApiError(400, "Invoice is already paid", code="invoice_already_paid")
         if invoice["status"] not in {"open", "uncollectible"}:
             raise ApiError(400, f"You cannot pay an invoice that is {invoice['status']}.")
-        if invoice["customer"] in self.declining:
+        if _bool(params.get("paid_out_of_band")):
+            invoice["paid_out_of_band"] = True
+        elif invoice["customer"] in self.declining:
             raise ApiError(
                 402,
                 "Your card was declined.",

@@ -12,7 +12,8 @@ class BillingBackend(ABC):
 
     @abstractmethod
     def deliver_invoice(self, invoice: Invoice) -> None:
-        """Hand a finalized invoice over for charging; idempotent, called outside transactions."""
+        """Hand a finalized invoice over for charging, and a later status (paid, void or
+        uncollectible here) to where it went; idempotent, called outside transactions."""
 
     def reconcile(self) -> list[str]:
         """Differences between our invoices/usage and what the backend holds ([] if none)."""

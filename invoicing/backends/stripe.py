@@ -190,15 +190,31 @@ def list_invoices() -> Iterator[dict[str, Any]]:
     return _all(_call(_client().v1.invoices.list, params={"limit": 100}))
 
 
-def finalize_invoice(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:
+def finalize_invoice(
+    stripe_invoice_id: str, *, key: str, auto_advance: bool = True
+) -> dict[str, Any]:
     # auto_advance: from now on Stripe runs collection (payment retries, reminders) itself.
+    # Without it, the invoice stays open and quiet (finalized only to be voided or settled).
     return _write(
-        _client().v1.invoices.finalize_invoice, {"auto_advance": True}, key, stripe_invoice_id
+        _client().v1.invoices.finalize_invoice,
+        {"auto_advance": auto_advance},
+        key,
+        stripe_invoice_id,
     )
 
 
-def pay_invoice(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:
-    return _write(_client().v1.invoices.pay, {}, key, stripe_invoice_id)
+def pay_invoice(stripe_invoice_id: str, *, key: str, out_of_band: bool = False) -> dict[str, Any]:
+    """Charge the invoice, or (out_of_band) record that it was paid outside Stripe."""
+    params = {"paid_out_of_band": True} if out_of_band else {}
+    return _write(_client().v1.invoices.pay, params, key, stripe_invoice_id)
+
+
+def void_invoice(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:
+    return _write(_client().v1.invoices.void_invoice, {}, key, stripe_invoice_id)
+
+
+def mark_uncollectible(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:
+    return _write(_client().v1.invoices.mark_uncollectible, {}, key, stripe_invoice_id)
 
 
 def send_invoice(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:

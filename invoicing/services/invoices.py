@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
-from invoicing.models import Invoice, InvoiceNumberSequence
+from invoicing.models import Invoice, InvoiceNumberSequence, StripeInvoiceSync
 from invoicing.services.audit import record_audit
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,11 @@ def _transition(
         invoice.void_reason = (data or {}).get("reason", "")
         fields += ["voided_at", "void_reason"]
     invoice.save(update_fields=fields)
+    # After commit the billing backend is brought in line: a finalized invoice is charged or
+    # sent, a later status (paid or void here, say) is pushed to where it was sent.
+    from invoicing.tasks import deliver_invoice
+
+    deliver_invoice.delay_on_commit(invoice.pk)
     record_audit(
         action=f"invoice.{to}",
         obj=invoice,
@@ -91,17 +96,18 @@ def _transition(
 @transaction.atomic
 def finalize_invoice(*, invoice_id: int, now: datetime, user: object = None) -> Invoice:
     """Number a draft and make it final; the billing backend charges it after commit."""
-    invoice = _transition(invoice_id=invoice_id, to=S.FINALIZED, now=now, user=user)
-    from invoicing.tasks import deliver_invoice
-
-    deliver_invoice.delay_on_commit(invoice.pk)
-    return invoice
+    return _transition(invoice_id=invoice_id, to=S.FINALIZED, now=now, user=user)
 
 
 @transaction.atomic
 def void_invoice(*, invoice_id: int, reason: str, now: datetime, user: object = None) -> Invoice:
     if not reason.strip():
         raise TransitionNotAllowed("a reason is required to void an invoice")
+    if StripeInvoiceSync.objects.filter(invoice_id=invoice_id, stripe_status="paid").exists():
+        raise TransitionNotAllowed(
+            "the customer paid it in Stripe: refund it there (or issue a credit note); "
+            "it cannot be voided"
+        )
     return _transition(
         invoice_id=invoice_id, to=S.VOID, now=now, user=user, data={"reason": reason.strip()}
     )

@@ -66,6 +66,8 @@ STRIPE_TO_OURS = {
     "uncollectible": S.UNCOLLECTIBLE,
 }
 OURS_TO_STRIPE = {ours: theirs for theirs, ours in STRIPE_TO_OURS.items()}
+# Stripe's invoice statuses only move forward (draft -> open -> uncollectible -> paid | void).
+STRIPE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
 INVOICE_EVENTS = frozenset(
     {
         "invoice.finalized",
@@ -211,14 +213,36 @@ def deliver_invoice(*, invoice_id: int, now: datetime | None = None) -> str | No
     return StripeInvoiceSync.Status.DELIVERED
 
 
+def _stripe_behind(invoice: Invoice, sync: StripeInvoiceSync) -> bool:
+    """Whether a delivered invoice was paid, voided or written off here since, and Stripe,
+    as last seen, does not say so yet."""
+    if invoice.status in (S.DRAFT, S.FINALIZED):
+        return False
+    return sync.stripe_status != OURS_TO_STRIPE[invoice.status]
+
+
 @transaction.atomic
 def _begin_invoice_sync(*, invoice_id: int, now: datetime) -> int | None:
     invoice = Invoice.objects.select_related("customer").get(pk=invoice_id)
     if invoice.status == S.DRAFT:
         return None
-    if invoice.status != S.FINALIZED and not invoice.stripe_invoice_id:
+    sync = StripeInvoiceSync.objects.select_for_update().filter(invoice=invoice).first()
+    started = invoice.stripe_invoice_id or (sync is not None and sync.attempts)
+    if invoice.status != S.FINALIZED and not started:
         return None  # paid, voided or written off here before it ever reached Stripe
-    sync = _get_or_create_locked(StripeInvoiceSync, {}, invoice=invoice)
+    if sync is None:
+        sync = _get_or_create_locked(StripeInvoiceSync, {}, invoice=invoice)
+    if sync.status == StripeInvoiceSync.Status.DELIVERED and _stripe_behind(invoice, sync):
+        # Changed here after delivery: bring Stripe in line (new keys, a new 24-hour window).
+        sync.status = StripeInvoiceSync.Status.PENDING
+        sync.first_attempt_at = None
+        sync.last_error = ""
+        record_audit(
+            action="invoice.stripe_status_push",
+            obj=invoice,
+            customer_external_id=invoice.customer.external_id,
+            data={"status": invoice.status, "stripe_status": sync.stripe_status},
+        )
     if sync.status != StripeInvoiceSync.Status.PENDING:
         return None
     if sync.first_attempt_at is not None and now - sync.first_attempt_at > RESEND_WINDOW:
@@ -239,7 +263,16 @@ def _begin_invoice_sync(*, invoice_id: int, now: datetime) -> int | None:
     sync.attempts += 1
     sync.first_attempt_at = sync.first_attempt_at or now
     sync.last_attempt_at = now
-    sync.save(update_fields=["attempts", "first_attempt_at", "last_attempt_at", "updated_at"])
+    sync.save(
+        update_fields=[
+            "status",
+            "last_error",
+            "attempts",
+            "first_attempt_at",
+            "last_attempt_at",
+            "updated_at",
+        ]
+    )
     return sync.pk
 
 
@@ -352,6 +385,8 @@ def _push_invoice(*, sync_id: int, now: datetime) -> None:
             _record_line_item(line_id=line.pk, stripe_invoice_item_id=item["id"])
 
     stripe_invoice = gateway.retrieve_invoice(stripe_invoice_id)
+    # Ours as it is now: finance staff may have voided it, or marked it paid, meanwhile.
+    status = Invoice.objects.values_list("status", flat=True).get(pk=invoice.pk)
     if stripe_invoice["status"] == "draft":
         if stripe_invoice["total"] != invoice.total_minor:
             raise gateway.PermanentStripeError(
@@ -359,12 +394,19 @@ def _push_invoice(*, sync_id: int, now: datetime) -> None:
                 f"{invoice.total_minor}: not finalized",
                 code="total_mismatch",
             )
-        stripe_invoice = gateway.finalize_invoice(
-            stripe_invoice_id, key=_key(f"inv-{invoice.pk}-finalize")
-        )
+        if status == S.FINALIZED:
+            stripe_invoice = gateway.finalize_invoice(
+                stripe_invoice_id, key=_key(f"inv-{invoice.pk}-finalize")
+            )
+        else:  # finalized quietly (no collection), to be voided or settled just below
+            stripe_invoice = gateway.finalize_invoice(
+                stripe_invoice_id, key=_key(f"inv-{invoice.pk}-finalize-quiet"), auto_advance=False
+            )
     payment_error = ""
+    if status != S.FINALIZED:
+        stripe_invoice = _settle_in_stripe(invoice, status, stripe_invoice)
     # Charge or send only what is still due here too (ours may be paid or void by now).
-    collected = sync.collected_at is not None or invoice.status != S.FINALIZED
+    collected = sync.collected_at is not None or status != S.FINALIZED
     if stripe_invoice["status"] == "open" and not collected:
         if settings.STRIPE_COLLECTION_METHOD == "charge_automatically":
             try:
@@ -386,6 +428,34 @@ def _push_invoice(*, sync_id: int, now: datetime) -> None:
         collected=collected or stripe_invoice["status"] != "open",
         now=now,
     )
+
+
+def _settle_in_stripe(invoice: Invoice, status: str, stripe_invoice: dict[str, Any]) -> dict:
+    """Give the Stripe invoice the status ours has (paid, void or uncollectible here)."""
+    target = OURS_TO_STRIPE[status]
+    current = stripe_invoice["status"]
+    if current == target or current not in ("open", "uncollectible"):
+        if current != target:  # paid or void in Stripe: nothing here can undo that
+            raise gateway.PermanentStripeError(
+                f"ours is {status}, but Stripe invoice {stripe_invoice['id']} is {current}: "
+                + (
+                    "refund it in Stripe (or issue a credit note), then resolve ours"
+                    if current == "paid"
+                    else "resolve it by hand"
+                ),
+                code="status_conflict",
+            )
+        return stripe_invoice
+    stripe_id = stripe_invoice["id"]
+    if target == "void":
+        return gateway.void_invoice(stripe_id, key=_key(f"inv-{invoice.pk}-void"))
+    if target == "paid":
+        return gateway.pay_invoice(
+            stripe_id, key=_key(f"inv-{invoice.pk}-paid-out-of-band"), out_of_band=True
+        )
+    if current == "open":  # target == "uncollectible"
+        return gateway.mark_uncollectible(stripe_id, key=_key(f"inv-{invoice.pk}-uncollectible"))
+    return stripe_invoice
 
 
 @transaction.atomic
@@ -437,7 +507,11 @@ def _record_delivered(
     sync.delivered_at = now
     sync.collected_at = sync.collected_at or (now if collected else None)
     sync.last_error = f"payment failed: {payment_error}" if payment_error else ""
-    if sync.stripe_status_at is None:  # webhooks, which carry Stripe's time, take precedence
+    # Webhooks, which carry Stripe's time, take precedence, unless this answer is further along.
+    if sync.stripe_status_at is None or (
+        STRIPE_STATUS_RANK.get(stripe_invoice["status"], -1)
+        > STRIPE_STATUS_RANK.get(sync.stripe_status, -1)
+    ):
         sync.stripe_status = stripe_invoice["status"]
     sync.save()
     record_audit(
@@ -930,10 +1004,6 @@ def apply_stripe_event(*, event: dict[str, Any], now: datetime) -> tuple[StripeW
         row.detail = "event type not handled"
     row.save(update_fields=["outcome", "detail", "invoice"])
     return row, True
-
-
-# Stripe's invoice statuses only move forward (draft -> open -> uncollectible -> paid | void).
-STRIPE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
 
 
 def _later_stripe_status(sync: StripeInvoiceSync, stripe_status: str, created: datetime) -> bool:

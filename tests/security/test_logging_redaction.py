@@ -103,3 +103,35 @@ def test_a_record_with_a_key_in_its_message_arguments_and_traceback(console, cap
     assert "ERROR billing.test agent sent mk_AbCd1234_[REDACTED] with headers" in output
     assert output.rstrip().endswith("ValueError: cannot use mk_AbCd1234_[REDACTED]")
     assert KEY not in output
+
+
+def test_a_celery_worker_logs_through_the_same_filter(tmp_path):
+    """A worker sets up its own logging (it takes over the root logger): what it writes to its
+    log file, from any logger and from a task's logger, is masked too."""
+    from celery.utils.log import get_task_logger
+
+    from billing_project.celery import app
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    task_logger = get_task_logger("billing.test_task")
+    saved_task = task_logger.handlers[:]
+    logfile = tmp_path / "worker.log"
+    try:
+        app.log.already_setup = False
+        app.log.setup(loglevel=logging.INFO, logfile=str(logfile), colorize=False)
+        logging.getLogger("billing.worker").warning("retrying with %s", KEY)
+        task_logger.warning("task used Authorization: Bearer %s", KEY)
+        for handler in root.handlers + task_logger.handlers:
+            handler.flush()
+    finally:
+        for handler in root.handlers:
+            if handler not in saved[0]:
+                handler.close()
+        root.handlers[:], task_logger.handlers[:] = saved[0], saved_task
+        root.setLevel(saved[1])
+        app.log.already_setup = False
+    written = logfile.read_text()
+    assert "retrying with mk_AbCd1234_[REDACTED]" in written
+    assert "task used Authorization: [REDACTED]" in written
+    assert KEY not in written

@@ -537,6 +537,18 @@ class VoidInvoicesForm(forms.Form):
     )
 
 
+def _finalize_after_summary(*, invoice_id: int, now: Any, user: Any) -> Invoice:
+    """Finance staff may skip the review period, never the itemized summary: nobody is charged
+    before they were told what for."""
+    invoice = Invoice.objects.get(pk=invoice_id)
+    if invoice.status == Invoice.Status.DRAFT and invoice.summary_sent_at is None:
+        raise invoices.TransitionNotAllowed(
+            f"{invoice}: the customer has not had the usage summary yet (it goes out when the "
+            "draft is created; see Notifications); finalize it once it was sent"
+        )
+    return invoices.finalize_invoice(invoice_id=invoice_id, now=now, user=user)
+
+
 @admin.register(Invoice)
 class InvoiceAdmin(admin.ModelAdmin):
     list_display = [
@@ -657,7 +669,7 @@ class InvoiceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Finalize (assign numbers)", permissions=["transition"])
     def finalize(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
-        self._apply(request, queryset, Invoice.Status.FINALIZED, invoices.finalize_invoice)
+        self._apply(request, queryset, Invoice.Status.FINALIZED, _finalize_after_summary)
 
     @admin.action(description="Mark paid", permissions=["transition"])
     def mark_paid(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:

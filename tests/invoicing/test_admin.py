@@ -168,7 +168,19 @@ def test_close_now_closes_a_due_period_and_leaves_a_running_one(
 # --- Invoices -------------------------------------------------------------------------------
 
 
+def test_finalize_action_waits_for_the_usage_summary(finance, closed_invoice):
+    """Finance may skip the review period, not the summary: no one is charged untold."""
+    with time_machine.travel(CLOSE_AT + timedelta(minutes=1), tick=False):
+        response = run_action(finance, "invoice", "finalize", [closed_invoice.pk])
+    closed_invoice.refresh_from_db()
+    assert (closed_invoice.status, closed_invoice.number) == ("draft", None)
+    [(level, text)] = messages_of(response)
+    assert level == messages.ERROR and "has not had the usage summary yet" in text
+    assert not AuditEntry.objects.filter(action="invoice.finalized").exists()
+
+
 def test_finalize_action_numbers_a_draft(finance, closed_invoice, finance_user):
+    invoices.mark_summary_sent(invoice_id=closed_invoice.pk, at=CLOSE_AT)
     with time_machine.travel(CLOSE_AT + timedelta(minutes=1), tick=False):
         response = run_action(finance, "invoice", "finalize", [closed_invoice.pk])
     closed_invoice.refresh_from_db()

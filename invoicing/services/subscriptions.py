@@ -7,7 +7,9 @@ latest period has ended with one indexed query, and missed runs catch up period 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from django.db import connection, transaction
@@ -15,6 +17,7 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from invoicing import periods
+from invoicing.bulk import insert_rows
 from invoicing.models import BillingPeriod, Interval, PricePlan, Subscription
 from invoicing.services.audit import record_audit
 from metering import services as metering_services
@@ -115,44 +118,51 @@ def provision_customer(
     return customer, created
 
 
-def _next_bounds(subscription: Subscription, start: datetime, plan: PricePlan) -> periods.Period:
-    """The period that starts at `start` under the plan's interval and the customer's zone.
+@dataclass(frozen=True)
+class _Schedule:
+    """What a subscription's next periods depend on."""
+
+    anchor: datetime
+    started_at: datetime
+    periods_until: datetime | None
+    interval: str  # the current plan's
+    tz: str  # the customer's
+
+    @classmethod
+    def of(cls, subscription: Subscription) -> _Schedule:
+        return cls(
+            anchor=subscription.anchor,
+            started_at=subscription.started_at,
+            periods_until=subscription.periods_until,
+            interval=subscription.plan.interval,
+            tz=subscription.customer.timezone,
+        )
+
+
+@lru_cache(maxsize=4096)
+def _period_from(start: datetime, anchor: datetime, interval: str, tz: str) -> periods.Period:
+    """The period that starts at `start` under the interval and zone.
 
     When the interval or time zone changed, `start` may not be a boundary of the new schedule:
     the period then runs from `start` to the schedule's next boundary, so periods still tile.
+    (Pure, and the same few arguments recur for every subscription rolled at once.)
     """
-    customer = subscription.customer
-    bounds = periods.period_containing(
-        start, anchor=subscription.anchor, interval=plan.interval, tz=customer.timezone
-    )
+    bounds = periods.period_containing(start, anchor=anchor, interval=interval, tz=tz)
     return periods.Period(start, bounds.end)
 
 
-def _first_start(subscription: Subscription) -> datetime:
-    return periods.period_containing(
-        subscription.started_at,
-        anchor=subscription.anchor,
-        interval=subscription.plan.interval,
-        tz=subscription.customer.timezone,
-    ).start
-
-
-def _missing_periods(subscription: Subscription, *, now: datetime) -> list[BillingPeriod]:
-    """Unsaved period rows from where the subscription's periods end up to the one
+def _missing_bounds(schedule: _Schedule, *, now: datetime) -> list[periods.Period]:
+    """The bounds of the periods from where the subscription's periods end up to the one
     containing `now` (at most MAX_PERIODS_PER_RUN; the next run continues)."""
-    start = subscription.periods_until or _first_start(subscription)
-    missing: list[BillingPeriod] = []
+    start = schedule.periods_until or (
+        periods.period_containing(
+            schedule.started_at, anchor=schedule.anchor, interval=schedule.interval, tz=schedule.tz
+        ).start
+    )
+    missing: list[periods.Period] = []
     while start <= now and len(missing) < MAX_PERIODS_PER_RUN:
-        bounds = _next_bounds(subscription, start, subscription.plan)
-        missing.append(
-            BillingPeriod(
-                customer=subscription.customer,
-                plan=subscription.plan,
-                start=bounds.start,
-                end=bounds.end,
-                status=BillingPeriod.Status.OPEN,
-            )
-        )
+        bounds = _period_from(start, schedule.anchor, schedule.interval, schedule.tz)
+        missing.append(bounds)
         start = bounds.end
     return missing
 
@@ -166,7 +176,16 @@ def ensure_periods(*, subscription: Subscription, now: datetime) -> list[Billing
             .select_related("customer", "plan")
             .get(pk=subscription.pk)
         )
-        missing = _missing_periods(locked, now=now)
+        missing = [
+            BillingPeriod(
+                customer=locked.customer,
+                plan=locked.plan,
+                start=bounds.start,
+                end=bounds.end,
+                status=BillingPeriod.Status.OPEN,
+            )
+            for bounds in _missing_bounds(_Schedule.of(locked), now=now)
+        ]
         if missing:
             BillingPeriod.objects.bulk_create(missing, ignore_conflicts=True)
             locked.periods_until = missing[-1].end
@@ -184,24 +203,45 @@ def roll_subscriptions(*, now: datetime, batch_size: int = 1000) -> int:
             locked = Subscription.objects.select_for_update(skip_locked=True)
             if connection.vendor == "postgresql":
                 locked = Subscription.objects.select_for_update(skip_locked=True, of=("self",))
+            # Plain rows, not model instances: a run may roll every subscription there is.
             due = list(
-                locked.select_related("customer", "plan")
-                .filter(periods_until__lte=now)
-                .order_by("pk")[:batch_size]
+                locked.filter(periods_until__lte=now)
+                .order_by("pk")
+                .values_list(
+                    "pk",
+                    "customer_id",
+                    "plan_id",
+                    "anchor",
+                    "started_at",
+                    "periods_until",
+                    "plan__interval",
+                    "customer__timezone",
+                )[:batch_size]
             )
             if not due:
                 break
-            new_periods: list[BillingPeriod] = []
-            for subscription in due:
-                new_periods.extend(_missing_periods(subscription, now=now))
-            BillingPeriod.objects.bulk_create(new_periods, ignore_conflicts=True)
+            new_periods = [
+                (customer_id, plan_id, bounds)
+                for _, customer_id, plan_id, *schedule in due
+                for bounds in _missing_bounds(_Schedule(*schedule), now=now)
+            ]
+            insert_rows(
+                BillingPeriod,
+                {
+                    "customer_id": [customer_id for customer_id, _, _ in new_periods],
+                    "plan_id": [plan_id for _, plan_id, _ in new_periods],
+                    "start": [bounds.start for _, _, bounds in new_periods],
+                    "end": [bounds.end for _, _, bounds in new_periods],
+                },
+                ignore_conflicts=True,
+            )
             # One UPDATE: each subscription's periods now end where its latest period ends.
             latest_end = (
                 BillingPeriod.objects.filter(customer_id=OuterRef("customer_id"))
                 .order_by("-end")
                 .values("end")[:1]
             )
-            Subscription.objects.filter(pk__in=[s.pk for s in due]).update(
+            Subscription.objects.filter(pk__in=[row[0] for row in due]).update(
                 periods_until=Subquery(latest_end), updated_at=timezone.now()
             )
             created += len(new_periods)

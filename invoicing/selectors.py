@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -10,6 +11,7 @@ from django.db.models import QuerySet
 
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.pricing import LineDraft, plan_price_specs, usage_line
+from invoicing.rating import PriceSpec
 from metering import aggregation
 from metering.models import Customer, Meter, UsageEvent
 
@@ -18,9 +20,14 @@ from metering.models import Customer, Meter, UsageEvent
 class UsagePreview:
     """The current period so far, with lines drafted exactly as the close will draft them."""
 
-    customer: Customer
     period: BillingPeriod
     lines: list[LineDraft]
+    specs: dict[int, PriceSpec]  # meter id -> the plan's price, as the lines were rated
+    meters: dict[int, Meter]  # every meter by id, as read for the lines
+
+    @property
+    def customer(self) -> Customer:
+        return self.period.customer  # loaded only if asked for: the reads do not need it
 
     @property
     def total_minor(self) -> int:
@@ -31,10 +38,35 @@ class UsagePreview:
         return self.period.plan.currency
 
 
-def preview_period_usage(*, period: BillingPeriod) -> UsagePreview:
-    """Rate a period's usage so far with the one rating engine (priced meters always shown)."""
-    meters = {m.pk: m for m in Meter.objects.all()}
+# A plan version is read-only once a billing period uses it (the admin refuses changes to it and
+# the plans API creates a new version instead), so the prices of a period's plan can be kept in
+# the process; the expiry only bounds the damage should that rule ever be bypassed.
+PERIOD_PRICES_SECONDS = 300
+_period_prices: dict[int, tuple[float, dict[int, PriceSpec]]] = {}
+
+
+def period_price_specs(*, period: BillingPeriod) -> dict[int, PriceSpec]:
+    """Meter id -> PriceSpec of the plan version a period was opened with (no query when this
+    process read them in the last PERIOD_PRICES_SECONDS)."""
+    now = time.monotonic()
+    cached = _period_prices.get(period.plan_id)
+    if cached is not None and now - cached[0] < PERIOD_PRICES_SECONDS:
+        return cached[1]
     specs = plan_price_specs(period.plan)
+    if len(_period_prices) > 1000:
+        _period_prices.clear()
+    _period_prices[period.plan_id] = (now, specs)
+    return specs
+
+
+def preview_period_usage(*, period: BillingPeriod) -> UsagePreview:
+    """Rate a period's usage so far with the one rating engine (priced meters always shown).
+
+    The quantities come from the hourly rollups (`window_quantities`), in a number of queries
+    that does not grow with the events stored; they equal what the close will bill.
+    """
+    meters = {m.pk: m for m in Meter.objects.all()}
+    specs = period_price_specs(period=period)
     usage = aggregation.window_quantities(
         customer_id=period.customer_id, start=period.start, end=period.end, meters=meters
     )
@@ -47,7 +79,7 @@ def preview_period_usage(*, period: BillingPeriod) -> UsagePreview:
         )
         for pk in meter_ids
     ]
-    return UsagePreview(customer=period.customer, period=period, lines=lines)
+    return UsagePreview(period=period, lines=lines, specs=specs, meters=meters)
 
 
 def list_customer_invoices(*, customer: Customer) -> QuerySet[Invoice]:

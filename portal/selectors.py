@@ -2,9 +2,11 @@
 
 The money on the dashboard comes from `invoicing.selectors.preview_period_usage`, the selector
 behind `GET /api/v1/customers/<id>/usage`, so the page and the API cannot disagree; the
-projection rates its extrapolated quantities with the same rating engine. The chart and the
-property breakdown are SQL aggregations over the customer's usage events (never a loop over
-events in Python).
+projection rates its extrapolated quantities with the same rating engine. Both read the hourly
+rollups, and so does the chart (events only for unique_count meters and zones with a :30 or
+:45 offset), so the dashboard's cost does not grow with the events stored. The property
+breakdown reads the period's events (properties are not rolled up): it is a separate view,
+loaded after the dashboard. All are SQL aggregations, never a loop over events in Python.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db.models import CharField, Count, Max, Q, QuerySet, Sum
+from django.db.models import CharField, Count, Max, Q, QuerySet, Sum, Window
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncDate
 
 from invoicing import selectors as invoicing_selectors
 from invoicing.models import BillingPeriod, Invoice
-from invoicing.pricing import plan_price_specs
 from invoicing.rating import rate
 from invoicing.services import subscriptions
 from metering.models import BudgetAlert, Customer, Meter, UsageEvent, UsageRollup
@@ -62,6 +63,7 @@ class CurrentUsage:
     currency: str
     lines: list[MeterUsage]
     elapsed_fraction: Decimal  # 0..1, how much of the period has passed
+    meters: dict[int, Meter]  # every meter by id, as read for the lines
 
     @property
     def total_minor(self) -> int:
@@ -99,7 +101,7 @@ def current_usage(*, customer: Customer, now: datetime) -> CurrentUsage | None:
     if period is None:
         return None
     preview = invoicing_selectors.preview_period_usage(period=period)
-    specs = plan_price_specs(period.plan)
+    specs = preview.specs
     lines = []
     for line in preview.lines:
         meter = line.meter
@@ -124,7 +126,11 @@ def current_usage(*, customer: Customer, now: datetime) -> CurrentUsage | None:
         length // timedelta(microseconds=1)
     )
     return CurrentUsage(
-        period=period, currency=preview.currency, lines=lines, elapsed_fraction=fraction
+        period=period,
+        currency=preview.currency,
+        lines=lines,
+        elapsed_fraction=fraction,
+        meters=preview.meters,
     )
 
 
@@ -165,14 +171,20 @@ def _whole_hour_offsets(zone: ZoneInfo, start: datetime, end: datetime) -> bool:
 
 
 def daily_usage(
-    *, customer: Customer, days: int, now: datetime, meters: list[Meter] | None = None
+    *,
+    customer: Customer,
+    days: int,
+    now: datetime,
+    meters: list[Meter] | None = None,
+    all_meters: dict[int, Meter] | None = None,
 ) -> list[DailySeries]:
     """Usage per meter and local day over the last `days` days (today included), grouped in
     SQL by the day in the customer's time zone.
 
     Sum meters show the day's sum, count meters its events, unique_count meters the distinct
     values of their property that day, and max/latest meters the day's peak. `meters` are
-    always shown (the plan's), others only if they have usage in the window.
+    always shown (the plan's), others only if they have usage in the window. `all_meters`
+    (every meter by id) saves reading them again when the caller has them.
     """
     zone = customer_zone(customer)
     today = now.astimezone(zone).date()
@@ -195,7 +207,8 @@ def daily_usage(
         rows = events.values("meter_id", "day").annotate(
             total=Sum("quantity"), n=Count("id"), top=Max("quantity")
         )
-    all_meters = {m.pk: m for m in Meter.objects.all()}
+    if all_meters is None:
+        all_meters = {m.pk: m for m in Meter.objects.all()}
     for row in rows:
         meter = all_meters[row["meter_id"]]
         if meter.aggregation != Meter.Aggregation.UNIQUE_COUNT:
@@ -260,12 +273,19 @@ def property_breakdown(
     *, customer: Customer, period: BillingPeriod, prop: str, limit: int = 20
 ) -> Breakdown:
     """The period's usage split by one property's values: the `limit` values with the most
-    events, each with its quantity per meter."""
+    events, each with its quantity per meter. Two scans of the period's events (the top values
+    with their count, then their quantities per meter): callers cache the result."""
     if not PROPERTY_NAME.match(prop):
         raise ValueError(f"not a property name: {prop!r}")
     events = _period_events(customer, period).annotate(value=property_text(prop))
-    top = list(events.values("value").annotate(n=Count("id")).order_by("-n", "value")[:limit])
-    distinct = events.values("value").distinct().count()
+    # One scan gives the top values and, as a window over the groups, how many there are.
+    top = list(
+        events.values("value")
+        .annotate(n=Count("id"))
+        .annotate(groups=Window(expression=Count("*")))
+        .order_by("-n", "value")[:limit]
+    )
+    distinct = top[0]["groups"] if top else 0
     wanted = [row["value"] for row in top]
     condition = Q(value__in=[v for v in wanted if v is not None])
     if None in wanted:
@@ -311,13 +331,22 @@ def property_breakdown(
 
 
 def property_names(*, customer: Customer, period: BillingPeriod, sample: int = 200) -> list[str]:
-    """Property names seen in the period's latest events, as suggestions for the breakdown."""
-    recent = (
-        _period_events(customer, period)
-        .order_by("-timestamp")
-        .values_list("properties", flat=True)[:sample]
-    )
-    names = {key for properties in recent if isinstance(properties, dict) for key in properties}
+    """Property names seen in the period's latest events, as suggestions for the breakdown.
+
+    The latest `sample` events of each meter: one backward scan of the (customer, meter,
+    timestamp) index per meter, where ordering all the period's events would sort them all.
+    """
+    events = _period_events(customer, period)
+    names: set[str] = set()
+    for meter_id in Meter.objects.order_by("pk").values_list("pk", flat=True):
+        recent = (
+            events.filter(meter_id=meter_id)
+            .order_by("-timestamp")
+            .values_list("properties", flat=True)[:sample]
+        )
+        names.update(
+            key for properties in recent if isinstance(properties, dict) for key in properties
+        )
     return sorted(name for name in names if PROPERTY_NAME.match(name))[:50]
 
 

@@ -110,6 +110,9 @@ def budget_view_model(status: BudgetStatus) -> dict[str, Any]:
 @customer_required
 @require_GET
 def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """The current period rated as the invoice will be, the budget and the daily chart: all
+    read from the hourly rollups. The property breakdown, which reads events, is not computed
+    here: the page links to it (`breakdown`) and a script loads it into the page afterwards."""
     now = timezone.now()
     options = forms.DashboardForm(request.GET)
     options.is_valid()
@@ -132,18 +135,8 @@ def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
         days=days,
         now=now,
         meters=[line.meter for line in usage.lines] if usage else [],
+        all_meters=usage.meters if usage else None,
     )
-    breakdown = property_names = None
-    if usage is not None:
-        # Splitting a period by a property reads its events (properties are not rolled up),
-        # so the result is kept for a minute in the shared cache: the page stays fast however
-        # many events the period holds, and the panel says how fresh it is.
-        breakdown = cache.get_or_set(
-            f"portal:breakdown:{customer.pk}:{usage.period.pk}:{prop}",
-            lambda: selectors.property_breakdown(customer=customer, period=usage.period, prop=prop),
-            BREAKDOWN_CACHE_SECONDS,
-        )
-        property_names = selectors.property_names(customer=customer, period=usage.period)
     return render(
         request,
         "portal/dashboard.html",
@@ -157,8 +150,48 @@ def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
             "days": days,
             "day_choices": forms.DAY_CHOICES,
             "options": options,
-            "breakdown": breakdown,
+            "property": prop,
+        },
+    )
+
+
+@customer_required
+@require_GET
+def breakdown(request: HttpRequest, customer: Customer) -> HttpResponse:
+    """The current period split by one property: a page of its own, or with `fragment=1` the
+    section the dashboard's script puts into the dashboard.
+
+    Splitting a period by a property reads its events (properties are not rolled up), so the
+    result is kept for a minute in the shared cache and the panel says so.
+    """
+    options = forms.DashboardForm(request.GET)
+    options.is_valid()
+    days = options.cleaned_data.get("days") or 30
+    prop = options.cleaned_data.get("property") or "agent_id"
+    period = current_period(customer=customer, now=timezone.now())
+    result = property_names = None
+    if period is not None:
+        result, property_names = cache.get_or_set(
+            f"portal:breakdown2:{customer.pk}:{period.pk}:{prop}",  # (breakdown, names)
+            lambda: (
+                selectors.property_breakdown(customer=customer, period=period, prop=prop),
+                selectors.property_names(customer=customer, period=period),
+            ),
+            BREAKDOWN_CACHE_SECONDS,
+        )
+    fragment = request.GET.get("fragment") == "1"
+    return render(
+        request,
+        "portal/_breakdown.html" if fragment else "portal/breakdown.html",
+        {
+            "nav": "dashboard",
+            "customer": customer,
+            "period": period,
+            "breakdown": result,
             "property_names": property_names or [],
+            "options": options,
+            "days": days,
+            "property": prop,
         },
     )
 

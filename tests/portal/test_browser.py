@@ -152,6 +152,9 @@ def test_customer_journey(page, live_server, acme_world):
     assert charts.count() == 3
     assert page.locator("figure.chart rect.bar").count() > 0
     assert page.locator("figure.chart rect.bar title").first.text_content()
+    # The breakdown by property reads events: the page's script loads it after the page.
+    expect(page.locator("#breakdown-panel table#breakdown")).to_be_visible()
+    assert page.locator("#breakdown tbody tr").count() > 0
     page.get_by_label("Range").select_option("7")
     page.get_by_role("button", name="Show", exact=True).click()
     page.wait_for_url("**days=7**")

@@ -49,6 +49,8 @@ def urls_naming(invoice, periods) -> list[str]:
 OWN_PAGES = [
     "/portal/",
     "/portal/?days=7&property=model",
+    "/portal/breakdown/?property=agent_id",
+    "/portal/breakdown/?property=model&fragment=1",
     "/portal/invoices/",
     "/portal/export/",
     "/portal/budget/",

@@ -13,7 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from invoicing.demo import DEMO_PRICES
@@ -173,10 +175,67 @@ def test_dashboard_options_fall_back_on_bad_input(acme_history, client):
     page = client.get("/portal/?days=12&property=bad%20name;drop")
     assert page.status_code == 200
     assert page.context["days"] == 30
-    assert page.context["breakdown"].property == "agent_id"
+    assert page.context["property"] == "agent_id"
     assert "A property name has" in page.content.decode()
-    model = client.get("/portal/?property=model").context["breakdown"]
+    panel = client.get("/portal/breakdown/?property=bad%20name;drop&fragment=1")
+    assert panel.status_code == 200
+    assert panel.context["breakdown"].property == "agent_id"
+    assert "A property name has" in panel.content.decode()
+    model = client.get("/portal/breakdown/?property=model").context["breakdown"]
     assert {row.value: row.events for row in model.rows} == {"m1": 3, "m2": 2, None: 4}
+
+
+def test_dashboard_reads_no_event_and_links_to_the_breakdown(acme_history, client):
+    """The dashboard reads rollups only; the breakdown (which reads events) is a page of its
+    own that the dashboard links to, and a fragment its script loads into the page."""
+    acme, _ = acme_history
+    client.force_login(acme.user)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/portal/?days=7&property=model")
+    assert page.status_code == 200
+    assert not [q["sql"] for q in queries if "metering_usageevent" in q["sql"]]
+    html = page.content.decode()
+    assert 'href="/portal/breakdown/?property=model&amp;days=7"' in html
+    assert 'data-fragment="/portal/breakdown/?property=model&amp;days=7&amp;fragment=1"' in html
+    assert '<script src="/static/portal/breakdown.js" defer></script>' in html
+    assert 'id="breakdown"' not in html  # the table itself is not computed here
+
+    full = client.get("/portal/breakdown/?property=model&days=7")
+    assert full.status_code == 200
+    body = full.content.decode()
+    assert body.startswith("<!doctype html>") and 'id="breakdown"' in body
+    assert 'href="/portal/?days=7&amp;property=model"' in body  # back to the dashboard
+    fragment = client.get("/portal/breakdown/?property=model&days=7&fragment=1")
+    text = fragment.content.decode().strip()
+    assert text.startswith('<section class="card"') and text.endswith("</section>")
+    assert 'id="breakdown-panel"' in text and 'id="breakdown"' in text
+    assert {row.value: row.events for row in fragment.context["breakdown"].rows} == {
+        "m1": 3,
+        "m2": 2,
+        None: 4,
+    }
+
+
+def test_breakdown_without_a_plan_says_so(acme, client):
+    client.force_login(acme.user)
+    fragment = client.get("/portal/breakdown/?fragment=1")
+    assert fragment.status_code == 200
+    assert fragment.context["breakdown"] is None
+    assert "no price plan yet" in fragment.content.decode()
+
+
+def test_property_names_come_from_each_meters_latest_events(acme_history):
+    acme, _ = acme_history
+    period = subscriptions.current_period(customer=acme.customer, now=timezone.now())
+    names = selectors.property_names(customer=acme.customer, period=period)
+    expected = {
+        key
+        for properties in UsageEvent.objects.filter(
+            customer=acme.customer, timestamp__gte=period.start, timestamp__lt=period.end
+        ).values_list("properties", flat=True)
+        for key in properties
+    }
+    assert names == sorted(expected)
 
 
 def test_nice_steps_and_compact_labels():

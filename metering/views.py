@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from metering import event_parsing, hooks, selectors, services
 from metering.api_errors import error_body
 from metering.authentication import HasApiKey
+from metering.parsers import FastJSONRenderer
 from metering.serializers import ErrorOutput, IngestionOutput, MeterOutput
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class IngestEventsView(APIView):
     """`POST /api/v1/events`: one event, or `{"events": [...]}` with 1 to 1,000 events."""
 
     permission_classes = [HasApiKey]
+    renderer_classes = [FastJSONRenderer]  # up to 1,000 statuses per response
     rate_limit_scope = "events"  # BILLING_RATE_LIMIT_EVENTS, counted per API key
 
     @extend_schema(

@@ -283,17 +283,11 @@ def after_ingest(*, customer_ids: set[int], now: datetime | None = None) -> dict
     Returns each customer's status for the ingestion response, keyed by external id.
     """
     now = now or timezone.now()
-    customers = Customer.objects.filter(pk__in=customer_ids).order_by("pk")
-    capped = set(
-        BudgetCap.objects.filter(customer_id__in=customer_ids, cap_minor__isnull=False).values_list(
-            "customer_id", flat=True
-        )
-    )
-    statuses: dict[str, dict] = {}
-    for customer in customers:
-        if customer.pk not in capped and customer.status != Customer.Status.PAUSED:
-            statuses[customer.external_id] = {"status": "active", "remaining_minor": None}
-            continue
+    active, to_check = budgets.customers_to_check(customer_ids)
+    statuses: dict[str, dict] = {
+        external_id: {"status": "active", "remaining_minor": None} for external_id in active
+    }
+    for customer in to_check:
         status = check_budget(customer=customer, now=now)
         statuses[customer.external_id] = {
             "status": status.status,

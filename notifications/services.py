@@ -21,7 +21,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from invoicing.models import Invoice
+from invoicing.models import BillingPeriod, Invoice
 from invoicing.services import budgets
 from invoicing.services import invoices as invoice_services
 from metering.currencies import format_minor
@@ -296,9 +296,11 @@ def after_ingest(*, customer_ids: set[int], now: datetime | None = None) -> dict
     return statuses
 
 
-def check_budget(*, customer: Customer, now: datetime) -> budgets.BudgetStatus:
+def check_budget(
+    *, customer: Customer, now: datetime, known: tuple[BillingPeriod, int] | None = None
+) -> budgets.BudgetStatus:
     with transaction.atomic():
-        status = budgets.evaluate_budget(customer=customer, now=now)
+        status = budgets.evaluate_budget(customer=customer, now=now, known=known)
         notify_budget_changes(status)
     return status
 

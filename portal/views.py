@@ -129,7 +129,9 @@ def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
             }
             for line in usage.lines
         ]
-    budget = notification_services.check_budget(customer=customer, now=now)
+    budget = notification_services.check_budget(
+        customer=customer, now=now, known=(usage.period, usage.total_minor) if usage else None
+    )
     series = selectors.daily_usage(
         customer=customer,
         days=days,

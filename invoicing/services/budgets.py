@@ -136,12 +136,26 @@ def _status_for(
     return WARNING if crossed else ACTIVE
 
 
-def evaluate_budget(*, customer: Customer, now: datetime, actor: object = None) -> BudgetStatus:
-    """Check a customer's spend against its cap now; fire new thresholds; pause or resume."""
-    period = subscriptions.current_period(customer=customer, now=now)
+def evaluate_budget(
+    *,
+    customer: Customer,
+    now: datetime,
+    actor: object = None,
+    known: tuple[BillingPeriod, int] | None = None,
+) -> BudgetStatus:
+    """Check a customer's spend against its cap now; fire new thresholds; pause or resume.
+
+    `known`: the current period and its spend so far as the caller has just rated them (the
+    portal's dashboard): the read-only answer uses them instead of rating the period again;
+    a check that records something rates it again under the lock.
+    """
+    if known is not None:
+        period, known_spent = known
+    else:
+        period, known_spent = subscriptions.current_period(customer=customer, now=now), None
     if period is None:
         return BudgetStatus(customer, ACTIVE, customer.currency, None, 0, None, None)
-    unchanged = _unchanged_status(customer=customer, period=period)
+    unchanged = _unchanged_status(customer=customer, period=period, spent=known_spent)
     if unchanged is not None:
         return unchanged  # the common case: a read, no lock, no write
     with transaction.atomic():
@@ -208,7 +222,9 @@ def evaluate_budget(*, customer: Customer, now: datetime, actor: object = None) 
     )
 
 
-def _unchanged_status(*, customer: Customer, period: BillingPeriod) -> BudgetStatus | None:
+def _unchanged_status(
+    *, customer: Customer, period: BillingPeriod, spent: int | None = None
+) -> BudgetStatus | None:
     """The status when a check would record nothing (no new threshold, no transition, no
     first check of the period for a paused customer), else None: agents ask for the allowance
     before every task, so the answer must not cost a locked write and a commit."""
@@ -217,7 +233,8 @@ def _unchanged_status(*, customer: Customer, period: BillingPeriod) -> BudgetSta
     capped = cap is not None and cap.cap_minor is not None
     if state is None and (capped or customer.status == Customer.Status.PAUSED):
         return None  # the period's first check of a capped or paused customer records it
-    spent = selectors.preview_period_usage(period=period).total_minor
+    if spent is None:
+        spent = selectors.preview_period_usage(period=period).total_minor
     crossed: set[int] = set()
     if capped:
         crossed = {t for t in cap.thresholds if spent * 100 >= t * cap.cap_minor}

@@ -572,3 +572,34 @@ def testhosted_invoice_url_shown_only_when_https():
     assert hosted_invoice_url(script) == ""
     assert hosted_invoice_url(SimpleNamespace(stripe_hosted_invoice_url=None)) == ""
     assert hosted_invoice_url(SimpleNamespace()) == ""  # no Stripe fields on the model
+
+
+def test_dashboard_rates_the_period_once_with_a_budget(acme_history, client, monkeypatch):
+    """The budget card's spend is the dashboard's own total: a check that records nothing
+    reuses it instead of rating the period a second time."""
+    from invoicing import selectors as invoicing_selectors
+
+    acme, _ = acme_history
+    notification_services.set_budget(
+        customer=acme.customer,
+        cap_minor=1_000_000,
+        thresholds=[50, 80, 100],
+        action="pause",
+        now=timezone.now(),
+    )
+    client.force_login(acme.user)
+    client.get("/portal/")  # the period's first check records the state
+    calls = []
+    original = invoicing_selectors.preview_period_usage
+
+    def counted(**kwargs):
+        calls.append(kwargs["period"].pk)
+        return original(**kwargs)
+
+    monkeypatch.setattr(invoicing_selectors, "preview_period_usage", counted)
+    page = client.get("/portal/")
+    assert page.status_code == 200
+    assert len(calls) == 1
+    usage, budget = page.context["usage"], page.context["budget"]["status"]
+    assert budget.spent_minor == usage.total_minor == 2921
+    assert budget.status == "active"

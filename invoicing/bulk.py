@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import psycopg
 from django.db import connection
 from django.db.models import JSONField, Model
 from django.utils import timezone
 from psycopg.types.json import Jsonb
+
+from billing_project.db import server_binding_cursor
 
 
 def insert_rows(
@@ -85,11 +86,7 @@ def insert_rows(
         f"SELECT * FROM unnest({', '.join(f'%b::{f.db_type(connection)}[]' for f in fields)})"
         + (" ON CONFLICT DO NOTHING" if ignore_conflicts else f" RETURNING {', '.join(returning)}")
     )
-    connection.ensure_connection()
-    # A plain psycopg cursor binds parameters server-side (Django's cursors quote them into
-    # the SQL text, whatever the placeholder); it runs in Django's current transaction on the
-    # same connection, and wrap_database_errors makes psycopg's errors Django's.
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(sql, params)
         if ignore_conflicts:
             return []

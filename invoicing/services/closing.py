@@ -32,8 +32,7 @@ from invoicing.bulk import insert_rows
 from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine, PricePlan
 from invoicing.pricing import LineDraft, adjustment_line, plan_price_specs, usage_line
 from invoicing.rating import PriceSpec
-from invoicing.services import budgets, subscriptions
-from invoicing.services.audit import SYSTEM
+from invoicing.services import audit, budgets, subscriptions
 from metering import aggregation
 from metering.models import BudgetCap, BudgetPeriodState, Meter, UsageAggregate, UsageEvent
 
@@ -462,11 +461,10 @@ def _audit_columns(
     event_counts: dict[int, int],
 ) -> dict[str, list[Any]]:
     """The audit entries of a batch's closes, column-wise: per period `period.closed` and
-    `invoice.created`, exactly as `build_audit_entry` records a system action, built here
-    without a model instance per entry (a close writes tens of thousands)."""
+    `invoice.created` (datetimes encoded once each, as the audit log writes them)."""
     as_json = DjangoJSONEncoder().default  # how the audit log writes a datetime
     instants: dict[datetime, str] = {}
-    rows: list[tuple[str, str, int, str, dict[str, Any]]] = []
+    rows: list[audit.SystemEntry] = []
     for period in periods:
         lines = lines_by_period[period.pk]
         external_id = period.customer.external_id
@@ -477,7 +475,7 @@ def _audit_columns(
         rows.append(
             (
                 "period.closed",
-                BillingPeriod._meta.label_lower,
+                BillingPeriod,
                 period.pk,
                 external_id,
                 {
@@ -497,7 +495,7 @@ def _audit_columns(
         rows.append(
             (
                 "invoice.created",
-                Invoice._meta.label_lower,
+                Invoice,
                 invoices[period.pk],
                 external_id,
                 {
@@ -508,12 +506,4 @@ def _audit_columns(
                 },
             )
         )
-    return {
-        "action": [row[0] for row in rows],
-        "actor_id": [None] * len(rows),
-        "actor": [SYSTEM] * len(rows),
-        "object_type": [row[1] for row in rows],
-        "object_id": [str(row[2]) for row in rows],
-        "customer_external_id": [row[3] for row in rows],
-        "data": [row[4] for row in rows],
-    }
+    return audit.system_entry_columns(rows)

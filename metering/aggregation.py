@@ -239,8 +239,8 @@ def earliest_unbilled_before(
     )
 
 
-def aggregate_for_event(event: UsageEvent) -> UsageAggregate | None:
-    """The aggregate that billed an event (one query), or None while it is unbilled."""
+def aggregates_covering(event: UsageEvent) -> QuerySet[UsageAggregate]:
+    """The aggregates whose window and id range hold an event (exactly one once it is billed)."""
     return UsageAggregate.objects.filter(
         customer_id=event.customer_id,
         meter_id=event.meter_id,
@@ -248,7 +248,12 @@ def aggregate_for_event(event: UsageEvent) -> UsageAggregate | None:
         window_end__gt=event.timestamp,
         event_pk_after__lt=event.pk,
         event_pk_through__gte=event.pk,
-    ).first()
+    )
+
+
+def aggregate_for_event(event: UsageEvent) -> UsageAggregate | None:
+    """The aggregate that billed an event (one query), or None while it is unbilled."""
+    return aggregates_covering(event).first()
 
 
 def events_of_aggregate(aggregate: UsageAggregate) -> QuerySet[UsageEvent]:

@@ -14,6 +14,7 @@ from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine
 from invoicing.services import closing, subscriptions
 from invoicing.services.audit import build_audit_entry
 from invoicing.services.reconcile import reconcile
+from metering import aggregation
 from metering.models import UsageAggregate, UsageEvent
 from tests.factories import CustomerFactory
 from tests.invoicing.conftest import T0
@@ -51,14 +52,7 @@ def customers(hourly_plan, record):
 def _billed_once() -> bool:
     """Every event is covered by exactly one aggregate (window, id range, meter)."""
     for event in UsageEvent.objects.all():
-        covering = UsageAggregate.objects.filter(
-            customer_id=event.customer_id,
-            meter_id=event.meter_id,
-            window_start__lte=event.timestamp,
-            window_end__gt=event.timestamp,
-            event_pk_after__lt=event.pk,
-            event_pk_through__gte=event.pk,
-        ).count()
+        covering = aggregation.aggregates_covering(event).count()
         if covering != 1:
             return False
     return True

@@ -432,20 +432,19 @@ def _push_invoice(*, sync_id: int, now: datetime) -> None:
 
 def _settle_in_stripe(invoice: Invoice, status: str, stripe_invoice: dict[str, Any]) -> dict:
     """Give the Stripe invoice the status ours has (paid, void or uncollectible here)."""
-    target = OURS_TO_STRIPE[status]
-    current = stripe_invoice["status"]
-    if current == target or current not in ("open", "uncollectible"):
-        if current != target:  # paid or void in Stripe: nothing here can undo that
-            raise gateway.PermanentStripeError(
-                f"ours is {status}, but Stripe invoice {stripe_invoice['id']} is {current}: "
-                + (
-                    "refund it in Stripe (or issue a credit note), then resolve ours"
-                    if current == "paid"
-                    else "resolve it by hand"
-                ),
-                code="status_conflict",
-            )
+    target, current = OURS_TO_STRIPE[status], stripe_invoice["status"]
+    if current == target:
         return stripe_invoice
+    if current not in ("open", "uncollectible"):  # paid or void in Stripe: nothing undoes that
+        advice = (
+            "refund it in Stripe (or issue a credit note), then resolve ours"
+            if current == "paid"
+            else "resolve it by hand"
+        )
+        raise gateway.PermanentStripeError(
+            f"ours is {status}, but Stripe invoice {stripe_invoice['id']} is {current}: {advice}",
+            code="status_conflict",
+        )
     stripe_id = stripe_invoice["id"]
     if target == "void":
         return gateway.void_invoice(stripe_id, key=_key(f"inv-{invoice.pk}-void"))
@@ -453,9 +452,8 @@ def _settle_in_stripe(invoice: Invoice, status: str, stripe_invoice: dict[str, A
         return gateway.pay_invoice(
             stripe_id, key=_key(f"inv-{invoice.pk}-paid-out-of-band"), out_of_band=True
         )
-    if current == "open":  # target == "uncollectible"
-        return gateway.mark_uncollectible(stripe_id, key=_key(f"inv-{invoice.pk}-uncollectible"))
-    return stripe_invoice
+    # target "uncollectible", and Stripe's is open (uncollectible would equal the target)
+    return gateway.mark_uncollectible(stripe_id, key=_key(f"inv-{invoice.pk}-uncollectible"))
 
 
 @transaction.atomic

@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from invoicing import stripe_admin  # registers the Stripe models' admin pages
-from invoicing.documents import format_unit_amount, render_invoice_document
+from invoicing.documents import render_invoice_document
 from invoicing.models import (
     AuditEntry,
     BillingPeriod,
@@ -43,7 +43,7 @@ from invoicing.pricing import price_spec
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
 from invoicing.services import closing, invoices, plans, subscriptions
 from invoicing.services.audit import record_audit
-from metering.currencies import format_minor
+from metering.currencies import format_minor, format_unit_amount
 from metering.models import UsageAggregate
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ links, so the customer portal can render the same page with `invoice_document_co
 
 from __future__ import annotations
 
-import decimal
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -18,11 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.template.loader import render_to_string
 
 from invoicing.models import Invoice, InvoiceLine
-from metering.currencies import CURRENCIES, format_minor
-from metering.serializers import decimal_text
+from metering.currencies import format_minor, format_unit_amount
+from metering.units import format_quantity
 
 TEMPLATE = "invoicing/invoice_document.html"
-_UNIT_PRICE_CONTEXT = decimal.Context(prec=60)  # unit prices have up to 30 digits
 
 
 @dataclass(frozen=True)
@@ -56,27 +54,6 @@ class DocumentPeriod:
     local: str  # in the customer's time zone
     utc: str
     timezone: str
-
-
-def format_quantity(quantity: Decimal, unit: str = "") -> str:
-    """An exact quantity with thousands separators and its unit: "1,500,000.5 tokens"."""
-    text = f"{Decimal(decimal_text(Decimal(quantity))):,f}"
-    if not unit:
-        return text
-    plural = Decimal(quantity) != 1 and unit.isalpha() and unit.islower() and unit[-1] != "s"
-    return f"{text} {unit}{'s' if plural else ''}"
-
-
-def format_unit_amount(unit_amount_minor: Decimal, currency: str) -> str:
-    """A unit price (minor units, up to 12 places) in major units, exactly: 0.002 -> "$0.00002".
-
-    At least the currency's decimal places are shown, and every significant digit beyond them.
-    """
-    cur = CURRENCIES[currency]
-    major = Decimal(unit_amount_minor).scaleb(-cur.exponent, context=_UNIT_PRICE_CONTEXT)
-    significant = Decimal(decimal_text(major))
-    places = max(cur.exponent, -int(significant.as_tuple().exponent))
-    return f"{cur.symbol}{major:,.{places}f}"
 
 
 def _local_period(start: datetime, end: datetime, tz_name: str) -> DocumentPeriod:

@@ -1,4 +1,5 @@
-"""The one table of currencies: ISO 4217 code -> minor-unit exponent and display symbol.
+"""The one table of currencies: ISO 4217 code -> minor-unit exponent and display symbol, and
+how amounts and unit prices read in a currency's terms.
 
 Amounts everywhere are integers in the currency's minor unit (cents for USD, yen for JPY,
 fils for KWD). This module is pure (no Django imports) so the rating engine can use it.
@@ -6,6 +7,8 @@ fils for KWD). This module is pure (no Django imports) so the rating engine can 
 
 from __future__ import annotations
 
+import decimal
+from decimal import Decimal
 from typing import NamedTuple
 
 
@@ -34,6 +37,8 @@ CURRENCIES: dict[str, Currency] = {
     )
 }
 
+_UNIT_PRICE_CONTEXT = decimal.Context(prec=60)  # unit prices have up to 30 digits
+
 CURRENCY_CHOICES: list[tuple[str, str]] = [(code, code) for code in sorted(CURRENCIES)]
 
 
@@ -51,3 +56,21 @@ def format_minor(amount_minor: int, currency: str) -> str:
     if cur.exponent:
         text += "." + str(frac).zfill(cur.exponent)
     return f"{sign}{cur.symbol}{text}"
+
+
+def format_unit_amount(unit_amount_minor: Decimal, currency: str) -> str:
+    """A unit price (minor units, up to 12 places) in major units, exactly: 0.002 -> "$0.00002".
+
+    At least the currency's decimal places are shown, and every significant digit beyond them.
+    """
+    cur = CURRENCIES[currency]
+    major = Decimal(unit_amount_minor).scaleb(-cur.exponent, context=_UNIT_PRICE_CONTEXT)
+    places = max(cur.exponent, _significant_places(major))
+    return f"{cur.symbol}{major:,.{places}f}"
+
+
+def _significant_places(value: Decimal) -> int:
+    """Decimal places up to the last non-zero digit: 0.00200 -> 3, 1500 -> 0."""
+    if not value:
+        return 0
+    return max(0, -int(value.normalize(context=_UNIT_PRICE_CONTEXT).as_tuple().exponent))

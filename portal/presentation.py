@@ -5,9 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from invoicing.documents import format_quantity, format_unit_amount
-from metering.currencies import format_minor
+from metering.currencies import format_minor, format_unit_amount
 from metering.models import Meter
+from metering.units import format_quantity
 from portal import charts
 from portal.selectors import DailySeries
 

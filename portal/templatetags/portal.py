@@ -9,8 +9,8 @@ from django import template
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
-from invoicing.documents import format_quantity
 from metering.currencies import format_minor
+from metering.units import format_quantity
 from portal.charts import BarChart
 
 register = template.Library()

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group, User
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from invoicing.documents import format_quantity, format_unit_amount, render_invoice_document
+from invoicing.documents import render_invoice_document
 from invoicing.models import (
     AuditEntry,
     BillingPeriod,
@@ -25,7 +25,9 @@ from invoicing.models import (
 )
 from invoicing.pricing import price_spec
 from invoicing.services import closing, invoices, plans, subscriptions
+from metering.currencies import format_unit_amount
 from metering.models import UsageAggregate
+from metering.units import format_quantity
 from tests.factories import CustomerFactory
 from tests.invoicing.conftest import T0
 from tests.invoicing.test_closing import usage_events

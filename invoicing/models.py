@@ -218,7 +218,7 @@ class InvoiceLine(models.Model):
     description = models.CharField(max_length=300)
     quantity = models.DecimalField(**TOTAL_QUANTITY)
     amount_minor = models.BigIntegerField()
-    # The price as rated (model, unit amounts, tiers applied), for the invoice document.
+    # How the line was priced: `invoicing.pricing.PricingRecord`, as its to_json() writes it.
     pricing = models.JSONField(default=dict, blank=True)
     # The Stripe invoice item that carries this line (BILLING_BACKEND=stripe).
     stripe_invoice_item_id = models.CharField(max_length=255, unique=True, null=True, blank=True)

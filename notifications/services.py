@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +21,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from invoicing.models import BillingPeriod, Invoice
+from invoicing.pricing import describe_line_price
 from invoicing.services import budgets
 from invoicing.services import invoices as invoice_services
 from metering.currencies import format_minor
@@ -159,7 +159,7 @@ def summary_context(invoice: Invoice) -> dict[str, Any]:
                 "description": line.description,
                 "quantity": decimal_text(line.quantity),
                 "unit": line.meter.unit if line.meter else "",
-                "pricing": describe_price(line.pricing, currency),
+                "pricing": describe_line_price(line, currency=currency),
                 "amount": format_minor(line.amount_minor, currency),
                 "amount_minor": line.amount_minor,
             }
@@ -182,44 +182,6 @@ def summary_context(invoice: Invoice) -> dict[str, Any]:
         ).isoformat(),
         "portal_url": f"{base}/portal/invoices/{invoice.pk}/",
     }
-
-
-def describe_price(pricing: dict[str, Any], currency: str) -> str:
-    """One line of text for how a line was priced, from the line's pricing record."""
-    model = pricing.get("model")
-    if model is None:
-        if "cap_minor" in pricing:
-            return f"cap {format_minor(pricing['cap_minor'], currency)}"
-        return "not priced"
-    parts = []
-    if model == "per_unit":
-        parts.append(f"{decimal_text(_dec(pricing['unit_amount_minor']))} minor units per unit")
-    elif model == "package":
-        parts.append(
-            f"{format_minor(pricing['package_amount_minor'], currency)} per "
-            f"{decimal_text(_dec(pricing['package_size']))} units"
-        )
-    else:
-        for portion in pricing.get("portions", []):
-            parts.append(
-                f"tier {portion['tier']}: {decimal_text(_dec(portion['quantity']))} x "
-                f"{decimal_text(_dec(portion['unit_amount_minor']))}"
-                + (
-                    f" + {portion['flat_amount_minor']} flat"
-                    if portion["flat_amount_minor"]
-                    else ""
-                )
-            )
-        parts = parts or [f"{model} tiers"]
-    if _dec(pricing.get("included_quantity") or "0") > 0:
-        parts.append(f"{decimal_text(_dec(pricing['included_quantity']))} included")
-    if pricing.get("minimum_applied"):
-        parts.append(f"minimum {format_minor(pricing['minimum_minor'], currency)} applied")
-    return "; ".join(parts)
-
-
-def _dec(value: object) -> Decimal:
-    return Decimal(str(value))
 
 
 def requeue_stale_messages(*, now: datetime) -> int:

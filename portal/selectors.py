@@ -26,6 +26,7 @@ from django.db.models.functions import Cast, TruncDate
 
 from invoicing import selectors as invoicing_selectors
 from invoicing.models import BillingPeriod, Invoice
+from invoicing.pricing import PricingRecord
 from invoicing.rating import rate
 from invoicing.services import subscriptions
 from metering.models import BudgetAlert, Customer, Meter, UsageEvent, UsageRollup
@@ -54,7 +55,7 @@ class MeterUsage:
     amount_minor: int  # the usage API's amount_minor
     projected_quantity: Decimal
     projected_amount_minor: int
-    pricing: dict[str, Any]  # the line's pricing record (model, included units, packages...)
+    pricing: PricingRecord  # how the line is priced, as the invoice line will record it
 
 
 @dataclass(frozen=True)

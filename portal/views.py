@@ -24,7 +24,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from invoicing.documents import invoice_document_context, render_invoice_document
-from invoicing.models import BillingPeriod, Invoice
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine
+from invoicing.pricing import describe_price
 from invoicing.services.budgets import BudgetInvalid, BudgetStatus, NothingPaused
 from invoicing.services.subscriptions import current_period
 from metering.models import BudgetCap, Customer
@@ -32,7 +33,7 @@ from metering.serializers import decimal_text
 from notifications import services as notification_services
 from portal import forms, selectors
 from portal.access import customer_required
-from portal.presentation import billing_basis, series_charts
+from portal.presentation import series_charts
 
 # The document is self-contained: it may load nothing (same policy as the admin's copy).
 DOCUMENT_CSP = "default-src 'none'; style-src 'unsafe-inline'"
@@ -125,7 +126,12 @@ def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
         lines = [
             {
                 "usage": line,
-                "basis": billing_basis(line.pricing, unit=line.meter.unit, currency=usage.currency),
+                "basis": describe_price(
+                    line.pricing,
+                    kind=InvoiceLine.Kind.USAGE,
+                    unit=line.meter.unit,
+                    currency=usage.currency,
+                ),
             }
             for line in usage.lines
         ]

@@ -30,7 +30,13 @@ from django.db.models import Exists, OuterRef, Q
 
 from invoicing.bulk import insert_rows
 from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine, PricePlan
-from invoicing.pricing import LineDraft, adjustment_line, plan_price_specs, usage_line
+from invoicing.pricing import (
+    LineDraft,
+    PricingRecord,
+    adjustment_line,
+    plan_price_specs,
+    usage_line,
+)
 from invoicing.rating import PriceSpec
 from invoicing.services import audit, budgets, subscriptions
 from metering import aggregation
@@ -296,7 +302,7 @@ def _cap_credit_line(
         description=f"Budget cap credit ({label}): usage beyond the cap is not charged",
         quantity=Decimal(0),
         amount_minor=credit,
-        pricing={"cap_minor": cap, "uncapped_minor": uncapped},
+        pricing=PricingRecord.cap_credit(cap_minor=cap, uncapped_minor=uncapped),
         source_period_id=period.pk,
     )
 
@@ -443,7 +449,7 @@ def _write_invoices(
             "description": [line.description for _, _, line in lines],
             "quantity": [line.quantity for _, _, line in lines],
             "amount_minor": [line.amount_minor for _, _, line in lines],
-            "pricing": [line.pricing for _, _, line in lines],
+            "pricing": [line.pricing.to_json() for _, _, line in lines],
         },
     )
     return by_period

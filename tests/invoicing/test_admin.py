@@ -339,14 +339,17 @@ def test_document_page_shows_number_amounts_and_tiers(finance, closed_invoice, s
         assert f'<td class="num">{amount}</td>' in html
     assert '<td colspan="5">Total</td> <td class="num">$29.15</td>' in html
     # graduated: the tiers applied, in exact major units
-    assert '<td>Tier 1</td> <td class="num">1,000,000 tokens</td> <td>&times; $0.00002</td>' in html
-    assert '<td>Tier 2</td> <td class="num">400,000.5 tokens</td> <td>&times; $0.00001</td>' in html
-    assert "<li>100,000 tokens included</li>" in html
-    assert '<td class="num">1,500,000.5 tokens</td>' in html
+    assert (
+        '<td class="num">1,500,000.5 tokens</td> <td class="pricing">Graduated tiers: '
+        "1,000,000 tokens at $0.00002 (tier 1), 400,000.5 tokens at $0.00001 (tier 2); "
+        "first 100,000 tokens included</td>"
+    ) in html
     # per unit, and the package model with its minimum
-    assert '<td class="num">3 tasks</td> <td>&times; $0.05</td>' in html
-    assert "<li>2 packages of 60 minutes at $1.50 each</li>" in html
-    assert "<li>Minimum charge of $5.00 applied</li>" in html
+    assert '<td class="num">3 tasks</td> <td class="pricing">$0.05 per task</td>' in html
+    assert (
+        '<td class="pricing">$1.50 per 60 minutes, rounded up: 2 packages; '
+        "minimum $5.00 applied</td>"
+    ) in html
     # self-contained, no admin links: a portal can serve the same page
     for outside in ("<script", "<link", "src=", "/admin/", "http://", "https://"):
         assert outside not in html
@@ -714,10 +717,11 @@ def test_cap_credit_and_volume_lines_in_the_document(closed_invoice):
 
     assert html.count('<tr class="line-cap_credit">') == 1
     assert '<span class="kind">Budget cap credit</span>' in html
-    assert "<li>Budget cap $20.00</li><li>usage rated at $29.15 before the cap</li>" in html
-    assert '<td class="num">-$9.15</td>' in html
     assert (
-        '<td>Tier 2</td> <td class="num">1,500,000.5 tokens</td> <td>&times; $0.000016</td> '
-        "<td>+ $1.00 flat</td>"
+        '<td class="pricing">Budget cap $20.00; usage rated at $29.15 before the cap</td> '
+        '<td class="num">-$9.15</td>'
     ) in html
-    assert "<div>Volume tiers</div>" in html
+    assert (
+        '<td class="pricing">Volume tiers: 1,500,000.5 tokens at $0.000016 plus $1.00 flat '
+        "(tier 2)</td>"
+    ) in html

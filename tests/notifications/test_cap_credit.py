@@ -82,7 +82,10 @@ def test_usage_beyond_the_cap_is_credited(on_tasks_plan, put_budget, post_tasks,
         ("usage", "$1.50"),
         ("cap_credit", "-$0.50"),
     ]
-    assert (context["total"], context["lines"][1]["pricing"]) == ("$1.00", "cap $1.00")
+    assert (context["total"], context["lines"][1]["pricing"]) == (
+        "$1.00",
+        "Budget cap $1.00; usage rated at $1.50 before the cap",
+    )
 
 
 def test_usage_at_or_under_the_cap_gets_no_credit(on_tasks_plan, put_budget, post_tasks, clock):

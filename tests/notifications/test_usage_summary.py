@@ -46,10 +46,11 @@ EVENTS = [
 ]
 # The invoice of the first hour (see tests/invoicing/test_closing.py for the arithmetic).
 EXPECTED_TEXT_LINES = [
-    "- Agent Minutes: 61 minute ($1.50 per 60 units; minimum $5.00 applied) = $5.00",
-    "- Agent Tasks: 3 task (5 minor units per unit) = $0.15",
-    "- Llm Tokens: 1500000.5 token (tier 1: 1000000 x 0.002; tier 2: 400000.5 x 0.001; "
-    "100000 included) = $24.00",
+    "- Agent Minutes: 61 minute ($1.50 per 60 minutes, rounded up: 2 packages; "
+    "minimum $5.00 applied) = $5.00",
+    "- Agent Tasks: 3 task ($0.05 per task) = $0.15",
+    "- Llm Tokens: 1500000.5 token (Graduated tiers: 1,000,000 tokens at $0.00002 (tier 1), "
+    "400,000.5 tokens at $0.00001 (tier 2); first 100,000 tokens included) = $24.00",
 ]
 
 

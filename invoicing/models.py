@@ -270,7 +270,7 @@ class AuditEntry(models.Model):
 
 
 # --- Stripe --------------------------------------------------------------------------------------
-# Written only by invoicing.services.stripe_sync: intent is recorded here before Stripe is called,
+# Written only by invoicing.stripe (its outbox): intent is recorded here before Stripe is called,
 # and the outcome after, each in its own transaction (no network call inside one).
 
 

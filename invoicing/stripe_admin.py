@@ -4,7 +4,8 @@ report outbox and received webhooks, with links to the Stripe dashboard and retr
 Registered on the default admin site when imported (invoicing/admin.py imports it). The
 functions at the top are meant for InvoiceAdmin and its line inline too: Stripe ids as
 dashboard links, the delivery status, and an action that retries a failed delivery.
-Every action calls a service in invoicing.services.stripe_sync, which audits it with the user.
+Every action calls a service in invoicing.stripe (customers, invoices, usage_reports), which
+audits it with the user.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
-from invoicing.backends.stripe import dashboard_url
 from invoicing.models import (
     Invoice,
     InvoiceLine,
@@ -29,8 +29,11 @@ from invoicing.models import (
     StripeWebhookEvent,
     UsageReport,
 )
-from invoicing.services import invoices, stripe_sync
+from invoicing.services import invoices
 from invoicing.services.audit import record_audit
+from invoicing.stripe import customers, usage_reports
+from invoicing.stripe import invoices as stripe_invoices
+from invoicing.stripe.client import dashboard_url
 
 
 def _link(kind: str, stripe_id: str | None) -> str:
@@ -89,7 +92,7 @@ def retry_stripe_delivery(
     queued = []
     for invoice in queryset.order_by("pk"):
         try:
-            stripe_sync.retry_invoice_sync(
+            stripe_invoices.retry_invoice_sync(
                 invoice_id=invoice.pk, user=request.user, now=timezone.now()
             )
         except invoices.TransitionNotAllowed as exc:
@@ -151,7 +154,7 @@ class StripeCustomerAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: StripeCustomer, form: Any, change: bool
     ) -> None:
         # Through the service: one link per customer, audited with the user.
-        linked = stripe_sync.link_stripe_customer(
+        linked = customers.link_stripe_customer(
             customer_id=obj.customer_id,
             stripe_customer_id=obj.stripe_customer_id or "",
             user=request.user,
@@ -250,11 +253,11 @@ class UsageReportAdmin(_ReadOnly):
 
     @admin.action(description="Send again under the same identifier")
     def retry(self, request: HttpRequest, queryset: QuerySet[UsageReport]) -> None:
-        self._each(request, queryset, stripe_sync.retry_usage_report)
+        self._each(request, queryset, usage_reports.retry_usage_report)
 
     @admin.action(description="Mark delivered (checked in Stripe)")
     def mark_delivered(self, request: HttpRequest, queryset: QuerySet[UsageReport]) -> None:
-        self._each(request, queryset, stripe_sync.mark_usage_report_delivered)
+        self._each(request, queryset, usage_reports.mark_usage_report_delivered)
 
 
 @admin.register(StripeWebhookEvent)

@@ -1,13 +1,15 @@
-"""Celery tasks of invoicing: thin wrappers that select what is due and call services."""
+"""Celery tasks of invoicing: thin wrappers that select what is due and call services.
+
+Services import this module at module level (to queue tasks); the tasks import the services
+inside their bodies, so no import cycle runs through here.
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.utils import timezone
 
-from invoicing.backends import get_backend
 from invoicing.models import Invoice
-from invoicing.services import closing, invoices, stripe_sync
 
 
 @shared_task(name="invoicing.close_due_periods", ignore_result=True)
@@ -17,9 +19,12 @@ def close_due_periods() -> dict[str, int]:
     It selects what is due at each run, so a missed run is caught up by the next one, and
     every step is idempotent, so a redelivered task changes nothing.
     """
+    from invoicing.services import closing, invoices
+    from invoicing.stripe import usage_reports
+
     now = timezone.now()
     report = closing.close_due_periods(now=now)
-    stripe_sync.after_periods_closed(closed_period_ids=report.closed)
+    usage_reports.after_periods_closed(closed_period_ids=report.closed)
     finalized = invoices.finalize_due_invoices(now=now)
     return {"closed": len(report.closed), "failed": len(report.failed), "finalized": len(finalized)}
 
@@ -36,6 +41,8 @@ def deliver_invoice(invoice_id: int) -> None:
     """Hand an invoice to the billing backend: deliver a finalized one, push a later status
     (paid, void, uncollectible here) to where it was delivered. Idempotent; queued after commit
     of every transition."""
+    from invoicing.backends import get_backend
+
     invoice = Invoice.objects.get(pk=invoice_id)
     if invoice.status == Invoice.Status.DRAFT:
         return
@@ -46,7 +53,9 @@ def deliver_invoice(invoice_id: int) -> None:
 def stripe_report_usage() -> dict[str, int]:
     """Write the due usage reports (after closes, and every few minutes for realtime); each
     is sent by its own task once the rows have committed. A no-op when reporting is off."""
-    return stripe_sync.report_usage(now=timezone.now())
+    from invoicing.stripe import usage_reports
+
+    return usage_reports.report_usage(now=timezone.now())
 
 
 @shared_task(
@@ -54,15 +63,23 @@ def stripe_report_usage() -> dict[str, int]:
 )
 def stripe_send_usage_report(self, report_id: int) -> None:
     """Send one usage report to Stripe; transient errors retry with backoff (and Retry-After)."""
+    from invoicing.stripe import outbox, usage_reports
+
     try:
-        stripe_sync.send_usage_report(report_id=report_id)
+        usage_reports.send_usage_report(report_id=report_id)
     except ConnectionError as exc:  # TransientStripeError included
         raise self.retry(
-            exc=exc, countdown=stripe_sync.retry_delay(exc, retries=self.request.retries)
+            exc=exc, countdown=outbox.retry_delay(exc, retries=self.request.retries)
         ) from exc
 
 
 @shared_task(name="invoicing.stripe_resume_sync", ignore_result=True)
 def stripe_resume_sync() -> dict[str, int]:
     """Every few minutes (beat): queue again Stripe deliveries and reports left pending."""
-    return stripe_sync.resume_stripe_sync(now=timezone.now())
+    from invoicing.stripe import invoices, usage_reports
+
+    now = timezone.now()
+    return {
+        "invoices": invoices.resume_deliveries(now=now),
+        "usage_reports": usage_reports.resume_usage_reports(now=now),
+    }

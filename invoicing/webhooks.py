@@ -11,15 +11,15 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from invoicing.backends.stripe import InvalidWebhook
-from invoicing.services import stripe_sync
+from invoicing.stripe import webhooks
+from invoicing.stripe.client import InvalidWebhook
 
 
 @csrf_exempt
 @require_POST
 def stripe_webhook(request: HttpRequest) -> JsonResponse:
     try:
-        event, first_time = stripe_sync.receive_webhook(
+        event, first_time = webhooks.receive_webhook(
             payload=request.body, signature=request.headers.get("Stripe-Signature")
         )
     except InvalidWebhook as exc:

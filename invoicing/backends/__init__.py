@@ -1,7 +1,7 @@
 """Billing backends: where a finalized invoice goes to be charged.
 
 `BILLING_BACKEND=local` (default) keeps invoices here (HTML document, e-mail); `stripe` creates
-them in Stripe (only invoicing/backends/stripe.py imports the stripe library). A backend's
+them in Stripe (only invoicing/stripe/client.py imports the stripe library). A backend's
 `deliver_invoice` is called after the finalization has committed, never inside a transaction,
 and must be idempotent: a retried delivery never charges twice.
 """

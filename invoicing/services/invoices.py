@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
+from invoicing import tasks
 from invoicing.models import Invoice, InvoiceNumberSequence, StripeInvoiceSync
 from invoicing.services.audit import record_audit
 
@@ -73,9 +74,7 @@ def _transition(
     invoice.save(update_fields=fields)
     # After commit the billing backend is brought in line: a finalized invoice is charged or
     # sent, a later status (paid or void here, say) is pushed to where it was sent.
-    from invoicing.tasks import deliver_invoice
-
-    deliver_invoice.delay_on_commit(invoice.pk)
+    tasks.deliver_invoice.delay_on_commit(invoice.pk)
     record_audit(
         action=f"invoice.{to}",
         obj=invoice,

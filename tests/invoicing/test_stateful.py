@@ -72,8 +72,9 @@ from invoicing.models import (
     StripeMeterMapping,
     UsageReport,
 )
-from invoicing.services import closing, invoices, plans, stripe_sync, subscriptions
+from invoicing.services import closing, invoices, plans, subscriptions
 from invoicing.services.reconcile import reconcile
+from invoicing.stripe import usage_reports
 from metering import services as metering_services
 from metering.models import UsageEvent
 from notifications import services as notification_services
@@ -379,7 +380,7 @@ class BillingMachine(RuleBasedStateMachine):
     @rule()
     def report(self):
         """Usage of the closed periods reported to Stripe's meters."""
-        stripe_sync.report_usage(now=self.now)
+        usage_reports.report_usage(now=self.now)
         self._settle_stripe()
         self.model.report()
 

@@ -9,7 +9,7 @@ from django.urls import reverse
 
 import invoicing.stripe_admin as stripe_admin
 from invoicing.models import AuditEntry, StripeCustomer, StripeInvoiceSync, UsageReport
-from invoicing.services import stripe_sync
+from invoicing.stripe import customers
 from tests.invoicing.stripe.conftest import finalize
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +27,7 @@ def test_links_point_to_the_stripe_test_dashboard(draft_invoice, fake_stripe):
 def test_retry_action_redelivers_a_failed_invoice_and_audits_the_user(
     draft_invoice, fake_stripe, admin_client, admin_user
 ):
-    stripe_sync.link_stripe_customer(
+    customers.link_stripe_customer(
         customer_id=draft_invoice.customer_id, stripe_customer_id="cus_gone"
     )
     invoice = finalize(draft_invoice)

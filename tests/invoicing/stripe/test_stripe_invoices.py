@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from invoicing import tasks
 from invoicing.models import AuditEntry, Invoice, InvoiceLine, StripeCustomer, StripeInvoiceSync
-from invoicing.services import stripe_sync
+from invoicing.stripe import customers, reconcile
+from invoicing.stripe import invoices as stripe_invoices
 from tests.invoicing.stripe.conftest import finalize, our_lines, stripe_lines
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -96,7 +97,7 @@ def test_send_invoice_collection_sends_it_once(draft_invoice, fake_stripe, setti
     assert stripe_invoice["status"] == "open"
     assert stripe_invoice["days_until_due"] == 14
     assert fake_stripe.emails_sent == {stripe_invoice["id"]: 1}
-    stripe_sync.deliver_invoice(invoice_id=invoice.pk)
+    stripe_invoices.deliver_invoice(invoice_id=invoice.pk)
     assert fake_stripe.emails_sent == {stripe_invoice["id"]: 1}
     assert fake_stripe.requests_to("POST", r"/v1/invoices/.*/pay") == []
 
@@ -166,7 +167,7 @@ def test_each_fault_then_retry_ends_with_exactly_our_invoice(
 
 
 def test_rerun_after_crash_between_stripe_call_and_commit(draft_invoice, fake_stripe, monkeypatch):
-    original = stripe_sync._record_line_item
+    original = stripe_invoices._record_line_item
     recorded = []
 
     def crash_on_second(**kwargs):
@@ -175,14 +176,14 @@ def test_rerun_after_crash_between_stripe_call_and_commit(draft_invoice, fake_st
         recorded.append(kwargs)
         return original(**kwargs)
 
-    monkeypatch.setattr(stripe_sync, "_record_line_item", crash_on_second)
+    monkeypatch.setattr(stripe_invoices, "_record_line_item", crash_on_second)
     with pytest.raises(RuntimeError):
         finalize(draft_invoice)
     invoice = Invoice.objects.get(pk=draft_invoice.pk)
     assert len(fake_stripe.invoice_items) == 2  # Stripe has the second item, we do not know it
     assert invoice.lines.filter(stripe_invoice_item_id__isnull=False).count() == 1
 
-    monkeypatch.setattr(stripe_sync, "_record_line_item", original)
+    monkeypatch.setattr(stripe_invoices, "_record_line_item", original)
     tasks.deliver_invoice.apply(args=[invoice.pk])  # the redelivered task, or the resume beat
 
     [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
@@ -194,18 +195,18 @@ def test_rerun_after_crash_between_stripe_call_and_commit(draft_invoice, fake_st
 
 
 def test_rerun_after_crash_once_the_invoice_was_created(draft_invoice, fake_stripe, monkeypatch):
-    original = stripe_sync._record_stripe_invoice
+    original = stripe_invoices._record_stripe_invoice
 
     def crash(**kwargs):
         raise RuntimeError("worker killed before the commit")
 
-    monkeypatch.setattr(stripe_sync, "_record_stripe_invoice", crash)
+    monkeypatch.setattr(stripe_invoices, "_record_stripe_invoice", crash)
     with pytest.raises(RuntimeError):
         finalize(draft_invoice)
     assert len(fake_stripe.invoices) == 1
     assert Invoice.objects.get(pk=draft_invoice.pk).stripe_invoice_id is None
 
-    monkeypatch.setattr(stripe_sync, "_record_stripe_invoice", original)
+    monkeypatch.setattr(stripe_invoices, "_record_stripe_invoice", original)
     tasks.deliver_invoice.apply(args=[draft_invoice.pk])
     invoice = Invoice.objects.get(pk=draft_invoice.pk)
     [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
@@ -217,15 +218,15 @@ def test_rerun_after_crash_once_the_invoice_was_created(draft_invoice, fake_stri
 def test_unresolved_after_24_hours_is_flagged_not_resent(
     draft_invoice, fake_stripe, monkeypatch, clock
 ):
-    original = stripe_sync._record_line_item
+    original = stripe_invoices._record_line_item
 
     def crash(**kwargs):
         raise RuntimeError("worker killed before the commit")
 
-    monkeypatch.setattr(stripe_sync, "_record_line_item", crash)
+    monkeypatch.setattr(stripe_invoices, "_record_line_item", crash)
     with pytest.raises(RuntimeError):
         finalize(draft_invoice)
-    monkeypatch.setattr(stripe_sync, "_record_line_item", original)
+    monkeypatch.setattr(stripe_invoices, "_record_line_item", original)
     clock.shift(timedelta(hours=25))
     fake_stripe.forget_idempotency_keys()  # Stripe may prune keys after 24 hours
     before = len(fake_stripe.requests)
@@ -236,10 +237,10 @@ def test_unresolved_after_24_hours_is_flagged_not_resent(
     sync = StripeInvoiceSync.objects.get(invoice=draft_invoice)
     assert sync.status == "needs_attention"
     assert AuditEntry.objects.filter(action="invoice.stripe_needs_attention").count() == 1
-    assert any("delivery needs_attention" in p for p in stripe_sync.reconcile_with_stripe())
+    assert any("delivery needs_attention" in p for p in reconcile.reconcile_with_stripe())
 
     # finance staff check Stripe and retry: what exists is found, the rest is created once
-    stripe_sync.retry_invoice_sync(invoice_id=draft_invoice.pk, user=None, now=timezone.now())
+    stripe_invoices.retry_invoice_sync(invoice_id=draft_invoice.pk, user=None, now=timezone.now())
     invoice = Invoice.objects.get(pk=draft_invoice.pk)
     [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
     assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
@@ -249,7 +250,7 @@ def test_unresolved_after_24_hours_is_flagged_not_resent(
 
 
 def test_permanent_error_is_recorded_and_not_retried(draft_invoice, fake_stripe):
-    stripe_sync.link_stripe_customer(
+    customers.link_stripe_customer(
         customer_id=draft_invoice.customer_id, stripe_customer_id="cus_gone"
     )
     invoice = finalize(draft_invoice)
@@ -263,10 +264,10 @@ def test_permanent_error_is_recorded_and_not_retried(draft_invoice, fake_stripe)
 
     # finance staff link the right customer and retry
     customer = fake_stripe.create_customer({"name": "Acme Corp"})
-    stripe_sync.link_stripe_customer(
+    customers.link_stripe_customer(
         customer_id=invoice.customer_id, stripe_customer_id=customer["id"]
     )
-    stripe_sync.retry_invoice_sync(invoice_id=invoice.pk, now=invoice.finalized_at)
+    stripe_invoices.retry_invoice_sync(invoice_id=invoice.pk, now=invoice.finalized_at)
     [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
     assert stripe_invoice["customer"] == customer["id"]
     assert StripeInvoiceSync.objects.get(invoice=invoice).status == "delivered"
@@ -274,7 +275,7 @@ def test_permanent_error_is_recorded_and_not_retried(draft_invoice, fake_stripe)
 
 def test_declined_card_leaves_the_invoice_open_and_delivered(draft_invoice, fake_stripe):
     customer = fake_stripe.create_customer({"name": "Acme Corp"})
-    stripe_sync.link_stripe_customer(
+    customers.link_stripe_customer(
         customer_id=draft_invoice.customer_id, stripe_customer_id=customer["id"]
     )
     fake_stripe.decline_payments(customer["id"])
@@ -294,4 +295,4 @@ def test_no_stripe_call_inside_a_transaction(draft_invoice):
     with pytest.raises(RuntimeError, match="inside a database transaction"):
         with transaction.atomic():
             invoices.finalize_invoice(invoice_id=draft_invoice.pk, now=finalize_now)
-            stripe_sync.deliver_invoice(invoice_id=draft_invoice.pk)
+            stripe_invoices.deliver_invoice(invoice_id=draft_invoice.pk)

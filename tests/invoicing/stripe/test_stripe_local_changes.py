@@ -10,7 +10,8 @@ from celery.exceptions import Retry
 
 from invoicing import tasks
 from invoicing.models import AuditEntry, Invoice, StripeInvoiceSync
-from invoicing.services import invoices, stripe_sync
+from invoicing.services import invoices
+from invoicing.stripe import reconcile
 from tests.invoicing.conftest import T0
 from tests.invoicing.stripe.conftest import H, finalize, our_lines, stripe_lines
 
@@ -45,7 +46,7 @@ def test_void_here_voids_it_in_stripe_once(sent_invoice, fake_stripe):
     assert (sync.status, sync.stripe_status, sync.attempts) == ("delivered", "void", 2)
     push = AuditEntry.objects.get(action="invoice.stripe_status_push")
     assert push.data == {"status": "void", "stripe_status": "open"}
-    assert stripe_sync.reconcile_with_stripe() == []
+    assert reconcile.reconcile_with_stripe() == []
 
     before = len(fake_stripe.requests)
     tasks.deliver_invoice.apply(args=[sent_invoice.pk])  # a redelivered task
@@ -60,18 +61,18 @@ def test_paid_here_is_recorded_in_stripe_as_paid_out_of_band(sent_invoice, fake_
     assert (stripe_invoice["status"], stripe_invoice["paid_out_of_band"]) == ("paid", True)
     [pay] = fake_stripe.requests_to("POST", r"/v1/invoices/.*/pay")
     assert pay.idempotency_key == f"test-inv-{sent_invoice.pk}-paid-out-of-band"
-    assert stripe_sync.reconcile_with_stripe() == []
+    assert reconcile.reconcile_with_stripe() == []
 
 
 def test_written_off_then_paid_here_follows_in_stripe(sent_invoice, fake_stripe):
     invoices.mark_invoice_uncollectible(invoice_id=sent_invoice.pk, now=LATER)
     assert stripe_status_of(fake_stripe, sent_invoice) == "uncollectible"
-    assert stripe_sync.reconcile_with_stripe() == []
+    assert reconcile.reconcile_with_stripe() == []
 
     invoices.mark_invoice_paid(invoice_id=sent_invoice.pk, now=LATER + H)
     assert stripe_status_of(fake_stripe, sent_invoice) == "paid"
     assert StripeInvoiceSync.objects.get(invoice=sent_invoice).stripe_status == "paid"
-    assert stripe_sync.reconcile_with_stripe() == []
+    assert reconcile.reconcile_with_stripe() == []
 
 
 def test_void_while_the_delivery_lost_its_answer_leaves_no_open_draft(
@@ -97,7 +98,7 @@ def test_void_while_the_delivery_lost_its_answer_leaves_no_open_draft(
     assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
     assert fake_stripe.emails_sent == {}  # never sent to the customer
     assert len(fake_stripe.requests_to("POST", r"/v1/invoices")) == 1
-    assert stripe_sync.reconcile_with_stripe() == []
+    assert reconcile.reconcile_with_stripe() == []
 
 
 def test_void_before_any_delivery_attempt_never_reaches_stripe(draft_invoice, fake_stripe):
@@ -133,7 +134,7 @@ def test_void_racing_a_payment_in_stripe_is_flagged(sent_invoice, fake_stripe):
     assert sync.status == "failed"
     assert "Stripe invoice" in sync.last_error and "is paid: refund it" in sync.last_error
     assert fake_stripe.requests_to("POST", r"/v1/invoices/.*/void") == []
-    problems = stripe_sync.reconcile_with_stripe()
+    problems = reconcile.reconcile_with_stripe()
     assert any("delivery failed" in p for p in problems)
     assert any("Stripe status paid, ours void" in p for p in problems)
 
@@ -149,7 +150,7 @@ def test_void_push_retries_through_a_stripe_fault(sent_invoice, fake_stripe):
     assert stripe_status_of(fake_stripe, sent_invoice) == "void"
     assert len(fake_stripe.requests_to("POST", r"/v1/invoices/.*/void")) == 2
     assert StripeInvoiceSync.objects.get(invoice=sent_invoice).status == "delivered"
-    assert stripe_sync.reconcile_with_stripe() == []
+    assert reconcile.reconcile_with_stripe() == []
 
 
 def test_status_from_a_stripe_webhook_is_not_pushed_back(sent_invoice, fake_stripe, client):
@@ -160,7 +161,7 @@ def test_status_from_a_stripe_webhook_is_not_pushed_back(sent_invoice, fake_stri
     assert Invoice.objects.get(pk=sent_invoice.pk).status == "void"
     assert [r for r in fake_stripe.requests[before:] if r.method == "POST"] == []
     assert not AuditEntry.objects.filter(action="invoice.stripe_status_push").exists()
-    assert stripe_sync.reconcile_with_stripe() == []
+    assert reconcile.reconcile_with_stripe() == []
 
 
 def test_the_local_backend_keeps_voids_local(draft_invoice, fake_stripe, settings):

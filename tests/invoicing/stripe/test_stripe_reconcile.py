@@ -9,8 +9,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from invoicing.models import StripeCustomer, StripeMeterMapping
-from invoicing.services import stripe_sync
 from invoicing.services.reconcile import reconcile
+from invoicing.stripe import reconcile as stripe_reconcile
+from invoicing.stripe import usage_reports, webhooks
 from tests.invoicing.conftest import T0
 from tests.invoicing.stripe.conftest import H, finalize
 
@@ -26,10 +27,10 @@ def delivered(draft_invoice, fake_stripe, settings, meters):
         StripeMeterMapping.objects.create(
             meter=meter, event_name=f"{code}_evt", reporting_from=T0 - H
         )
-    stripe_sync.report_usage(now=T0 + 2 * H)  # the close's follow-up task
+    usage_reports.report_usage(now=T0 + 2 * H)  # the close's follow-up task
     invoice = finalize(draft_invoice)
     paid = fake_stripe.invoices_for(invoice.pk)[0]
-    stripe_sync.apply_stripe_event(event=fake_stripe.event("invoice.paid", paid), now=T0 + 2 * H)
+    webhooks.apply_stripe_event(event=fake_stripe.event("invoice.paid", paid), now=T0 + 2 * H)
     invoice.refresh_from_db()
     assert invoice.status == "paid"
     return invoice
@@ -45,7 +46,7 @@ def test_changed_item_amount_in_stripe_is_found(delivered, fake_stripe):
     line = delivered.lines.get(meter__code="agent_tasks")
     fake_stripe.set_item_amount(line.stripe_invoice_item_id, 16)
 
-    problems = stripe_sync.reconcile_with_stripe()
+    problems = stripe_reconcile.reconcile_with_stripe()
 
     label = f"stripe: invoice {delivered.number}"
     assert problems == [
@@ -65,7 +66,7 @@ def test_status_difference_and_a_duplicate_invoice_are_found(delivered, fake_str
             "metadata": {"invoice_id": str(delivered.pk)},
         }
     )
-    problems = stripe_sync.reconcile_with_stripe()
+    problems = stripe_reconcile.reconcile_with_stripe()
     label = f"stripe: invoice {delivered.number}"
     assert problems == [
         f"{label}: 2 Stripe invoices carry its id: {', '.join(sorted([stripe_id, copy['id']]))}",
@@ -78,7 +79,7 @@ def test_usage_difference_with_meter_summaries_is_found(delivered, fake_stripe):
     [tokens] = [e for e in fake_stripe.meter_events if e["event_name"] == "llm_tokens_evt"]
     tokens["payload"]["value"] = "1499999"
 
-    problems = stripe_sync.reconcile_with_stripe()
+    problems = stripe_reconcile.reconcile_with_stripe()
 
     assert problems == [
         "stripe: usage of acme on llm_tokens_evt: reported 1500000, Stripe's summaries say 1499999"
@@ -88,7 +89,7 @@ def test_usage_difference_with_meter_summaries_is_found(delivered, fake_stripe):
 
 def test_stripe_unreachable_is_a_difference(delivered, settings):
     settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens there
-    [problem] = stripe_sync.reconcile_with_stripe()
+    [problem] = stripe_reconcile.reconcile_with_stripe()
     assert problem.startswith("stripe: could not compare with Stripe: ")
 
 

@@ -12,8 +12,9 @@ from django.utils import timezone
 
 from invoicing import tasks
 from invoicing.models import StripeCustomer, StripeMeterMapping, UsageReport
-from invoicing.services import closing, stripe_sync
-from invoicing.services.stripe_sync import report_identifier
+from invoicing.services import closing
+from invoicing.stripe import outbox, reconcile, usage_reports
+from invoicing.stripe.usage_reports import report_identifier
 from metering.models import UsageAggregate, UsageEvent
 from tests.invoicing.conftest import T0
 from tests.invoicing.stripe.conftest import H, ev, usage_events
@@ -83,7 +84,7 @@ def test_close_reports_each_aggregate_once(subscribed, record, mapped, settings)
 
     # again, and the catch-up of the resume task: nothing new
     tasks.stripe_report_usage.apply()
-    stripe_sync.resume_stripe_sync(now=timezone.now() + timedelta(hours=1))
+    usage_reports.resume_usage_reports(now=timezone.now() + timedelta(hours=1))
     assert UsageReport.objects.count() == 6 and len(mapped.meter_events) == 3
 
 
@@ -92,14 +93,14 @@ def test_duplicate_identifier_counts_as_delivered(
 ):
     settings.STRIPE_USAGE_REPORTING = "close"
     record(usage_events(), now=T0 + timedelta(minutes=20))
-    original = stripe_sync._record_report_sent
+    original = usage_reports._record_report_sent
 
     def crash(**kwargs):
         raise RuntimeError("worker killed before the commit")
 
-    monkeypatch.setattr(stripe_sync, "_record_report_sent", crash)
+    monkeypatch.setattr(usage_reports, "_record_report_sent", crash)
     tasks.close_due_periods.apply()  # each send crashes after Stripe took it (logged)
-    monkeypatch.setattr(stripe_sync, "_record_report_sent", original)
+    monkeypatch.setattr(usage_reports, "_record_report_sent", original)
     sent_but_unknown = [e["identifier"] for e in mapped.meter_events]
     assert len(sent_but_unknown) == 3
     assert UsageReport.objects.exclude(value=0).filter(status="pending").count() == 3
@@ -209,30 +210,30 @@ def test_report_unconfirmed_after_24_hours_is_flagged_not_resent(
     clock.shift(timedelta(hours=25))
     before = len(mapped.requests)
 
-    stripe_sync.send_usage_report(report_id=report.pk)
+    usage_reports.send_usage_report(report_id=report.pk)
 
     report.refresh_from_db()
     assert report.status == "needs_attention"
     assert mapped.requests[before:] == []
-    assert any(f"usage report {report.pk}" in p for p in stripe_sync.reconcile_with_stripe())
+    assert any(f"usage report {report.pk}" in p for p in reconcile.reconcile_with_stripe())
     # finance staff see Stripe never got it (its summaries say 0) and resend it, same identifier
-    stripe_sync.retry_usage_report(report_id=report.pk, now=timezone.now())
+    usage_reports.retry_usage_report(report_id=report.pk, now=timezone.now())
     report.refresh_from_db()
     assert report.status == "sent"
     assert [e["identifier"] for e in mapped.meter_events] == [f"test-usage-{report.pk}"]
 
 
 def test_retry_delay_backs_off_and_honours_retry_after():
-    from invoicing.backends.stripe import TransientStripeError
+    from invoicing.stripe.client import TransientStripeError
 
-    assert [stripe_sync.retry_delay(ConnectionError(), retries=n) for n in range(4)] == [
+    assert [outbox.retry_delay(ConnectionError(), retries=n) for n in range(4)] == [
         5,
         10,
         20,
         40,
     ]
-    assert stripe_sync.retry_delay(ConnectionError(), retries=30) == 600
-    assert stripe_sync.retry_delay(TransientStripeError("429", retry_after=90), retries=0) == 90
+    assert outbox.retry_delay(ConnectionError(), retries=30) == 600
+    assert outbox.retry_delay(TransientStripeError("429", retry_after=90), retries=0) == 90
 
 
 def test_switching_reporting_mode_reports_each_event_once(subscribed, record, mapped, settings):
@@ -241,20 +242,20 @@ def test_switching_reporting_mode_reports_each_event_once(subscribed, record, ma
     at = T0 + timedelta(minutes=5)
     record([ev("a1", "llm_tokens", 100, at), ev("a2", "llm_tokens", 200, at)], now=at)
     closing.close_due_periods(now=T0 + H)  # the first hour: 300, reported at close
-    stripe_sync.report_usage(now=timezone.now())
+    usage_reports.report_usage(now=timezone.now())
 
     settings.STRIPE_USAGE_REPORTING = "realtime"
     second = T0 + H + timedelta(minutes=5)
     record([ev("b1", "llm_tokens", 40, second)], now=timezone.now() - timedelta(minutes=1))
     record([ev("a3", "llm_tokens", 7, at)], now=timezone.now() - timedelta(minutes=1))  # late
-    stripe_sync.report_usage(now=timezone.now())
+    usage_reports.report_usage(now=timezone.now())
     realtime = UsageReport.objects.get(kind="realtime")
     assert (realtime.quantity, realtime.event_count) == (Decimal(47), 2)
 
     settings.STRIPE_USAGE_REPORTING = "close"
     record([ev("b2", "llm_tokens", 3, second)], now=timezone.now() - timedelta(minutes=1))
     closing.close_due_periods(now=T0 + 2 * H)  # bills b1, b2 and the late a3
-    stripe_sync.report_usage(now=timezone.now())
+    usage_reports.report_usage(now=timezone.now())
 
     closes = UsageReport.objects.filter(kind="close", meter__code="llm_tokens").order_by("pk")
     assert [(r.aggregate.kind, r.quantity, r.event_count) for r in closes] == [

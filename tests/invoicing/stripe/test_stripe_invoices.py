@@ -296,3 +296,54 @@ def test_no_stripe_call_inside_a_transaction(draft_invoice):
         with transaction.atomic():
             invoices.finalize_invoice(invoice_id=draft_invoice.pk, now=finalize_now)
             stripe_invoices.deliver_invoice(invoice_id=draft_invoice.pk)
+
+
+def test_a_delivery_whose_task_was_lost_is_resumed_once(draft_invoice, fake_stripe, clock):
+    with pytest.MonkeyPatch.context() as patch:  # the queued delivery task is lost
+        patch.setattr(tasks.deliver_invoice, "delay_on_commit", lambda *args: None)
+        invoice = finalize(draft_invoice)
+    assert fake_stripe.requests == []
+
+    # within STALE_ATTEMPT of the finalization the task may still come: nothing is queued
+    assert stripe_invoices.resume_deliveries(now=invoice.finalized_at + timedelta(minutes=9)) == 0
+    assert fake_stripe.requests == []
+
+    result = tasks.stripe_resume_sync.apply().result  # the beat, an hour after the finalization
+    assert result == {"invoices": 1, "usage_reports": 0}
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_invoice["status"] == "paid"
+    assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
+    sync = StripeInvoiceSync.objects.get(invoice=invoice)
+    assert (sync.status, sync.attempts) == ("delivered", 1)
+
+    before = len(fake_stripe.requests)
+    assert tasks.stripe_resume_sync.apply().result == {"invoices": 0, "usage_reports": 0}
+    assert fake_stripe.requests[before:] == []
+
+
+def test_a_delivery_left_pending_by_a_lost_worker_is_resumed_once_stale(
+    draft_invoice, fake_stripe, monkeypatch, clock
+):
+    def crash(**kwargs):
+        raise RuntimeError("worker killed before the commit")
+
+    monkeypatch.setattr(stripe_invoices, "_record_line_item", crash)
+    with pytest.raises(RuntimeError):
+        finalize(draft_invoice)
+    monkeypatch.undo()
+    sync = StripeInvoiceSync.objects.get(invoice=draft_invoice)
+    assert (sync.status, sync.attempts) == ("pending", 1)
+    last_attempt = sync.last_attempt_at
+
+    # a pending delivery attempted less than STALE_ATTEMPT ago may still be under way
+    assert stripe_invoices.resume_deliveries(now=last_attempt + timedelta(minutes=9)) == 0
+    assert StripeInvoiceSync.objects.get(pk=sync.pk).attempts == 1
+
+    clock.shift(timedelta(minutes=11))
+    assert tasks.stripe_resume_sync.apply().result == {"invoices": 1, "usage_reports": 0}
+    sync.refresh_from_db()
+    assert (sync.status, sync.attempts) == ("delivered", 2)
+    [stripe_invoice] = fake_stripe.invoices_for(draft_invoice.pk)
+    assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(draft_invoice)
+    assert len(fake_stripe.invoice_items) == draft_invoice.lines.count()
+    assert tasks.stripe_resume_sync.apply().result == {"invoices": 0, "usage_reports": 0}

@@ -11,7 +11,7 @@ from celery.exceptions import Retry
 from django.utils import timezone
 
 from invoicing import tasks
-from invoicing.models import StripeCustomer, StripeMeterMapping, UsageReport
+from invoicing.models import AuditEntry, StripeCustomer, StripeMeterMapping, UsageReport
 from invoicing.services import closing
 from invoicing.stripe import outbox, reconcile, usage_reports
 from invoicing.stripe.usage_reports import report_identifier
@@ -270,3 +270,30 @@ def test_switching_reporting_mode_reports_each_event_once(subscribed, record, ma
             UsageEvent.objects.filter(meter__code="llm_tokens").values_list("quantity", flat=True)
         )
     )
+
+
+def test_refused_report_fails_and_waits_for_finance_staff(subscribed, record, mapped, settings):
+    settings.STRIPE_USAGE_REPORTING = "realtime"
+    StripeMeterMapping.objects.filter(meter__code="agent_tasks").update(event_name="nowhere_evt")
+    record([ev("t1", "agent_tasks", None, T0 + timedelta(minutes=5))], now=timezone.now())
+
+    tasks.stripe_report_usage.apply()  # Stripe has no meter of that name: a permanent error
+
+    [report] = UsageReport.objects.all()
+    assert (report.status, report.attempts) == ("failed", 1)
+    assert report.last_error.endswith("No active meter was found matching event_name nowhere_evt.")
+    # neither the send task run again nor the resume beat resends it
+    tasks.stripe_send_usage_report.apply(args=[report.pk])
+    assert usage_reports.resume_usage_reports(now=timezone.now() + timedelta(hours=1)) == 0
+    assert len(mapped.requests_to("POST", "/v1/billing/meter_events")) == 1
+    report.refresh_from_db()
+    assert (report.status, report.attempts) == ("failed", 1)
+
+    # finance staff create the meter in Stripe and retry, twice: sent once, same identifier
+    mapped.create_meter("nowhere_evt")
+    usage_reports.retry_usage_report(report_id=report.pk, now=timezone.now())
+    usage_reports.retry_usage_report(report_id=report.pk, now=timezone.now())
+    report.refresh_from_db()
+    assert (report.status, report.attempts, report.value) == ("sent", 2, 1)
+    assert [e["identifier"] for e in mapped.meter_events] == [f"test-usage-{report.pk}"]
+    assert AuditEntry.objects.filter(action="usage_report.retried").count() == 1

@@ -11,7 +11,7 @@ from metering.views import healthz
 
 urlpatterns = [
     path("api/v1/", include("metering.urls")),
-    path("api/v1/", include("notifications.urls")),
+    path("api/v1/", include("budgets.urls")),
     path("api/v1/", include("invoicing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its script from a URL: the Content-Security-Policy refuses inline ones.

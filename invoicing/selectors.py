@@ -9,9 +9,10 @@ from decimal import Decimal
 
 from django.db.models import QuerySet
 
-from invoicing.models import BillingPeriod, Invoice, InvoiceLine
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine, Subscription
 from invoicing.pricing import LineDraft, plan_price_specs, usage_line
 from invoicing.rating import PriceSpec
+from invoicing.services.subscriptions import scheduled_period
 from metering import aggregation
 from metering.models import Customer, Meter, UsageEvent
 
@@ -117,3 +118,19 @@ def events_for_line(*, line: InvoiceLine) -> QuerySet[UsageEvent]:
 
 def period_for(*, customer: Customer, at: datetime) -> BillingPeriod | None:
     return BillingPeriod.objects.filter(customer=customer, start__lte=at, end__gt=at).first()
+
+
+def current_period(*, customer: Customer, now: datetime) -> BillingPeriod | None:
+    """The customer's period containing `now`, read only: its row, or, while beat has not
+    created that row yet, the period the subscription's schedule puts there (unsaved; the
+    next roll creates the same one). None without a subscription. For GETs:
+    `subscriptions.current_period` creates the row instead."""
+    period = period_for(customer=customer, at=now)
+    if period is not None:
+        return period
+    subscription = (
+        Subscription.objects.select_related("plan", "customer").filter(customer=customer).first()
+    )
+    if subscription is None:
+        return None
+    return scheduled_period(subscription=subscription, now=now)

@@ -130,7 +130,7 @@ class CustomerUsageView(APIView):
     @extend_schema(operation_id="current_usage", responses={200: UsageOutput, 404: ErrorOutput})
     def get(self, request: Request, customer_id: str) -> Response:
         customer = customer_for_request(request, customer_id)
-        period = subscriptions.current_period(customer=customer, now=timezone.now())
+        period = selectors.current_period(customer=customer, now=timezone.now())
         if period is None:
             raise Http404("the customer has no plan")
         preview = selectors.preview_period_usage(period=period)

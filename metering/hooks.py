@@ -1,9 +1,8 @@
 """One extension point: what apps above metering do after an ingested batch commits.
 
-metering must not import invoicing or notifications, yet the ingestion response carries each
-customer's budget status and a batch must trigger a cap check. notifications registers its
-function here when Django starts (NotificationsConfig.ready); without it, every customer reads
-as active.
+metering must not import the apps above it, yet the ingestion response carries each
+customer's budget status and a batch must trigger a cap check. budgets registers its function
+here when Django starts (BudgetsConfig.ready); without it, every customer reads as active.
 """
 
 from __future__ import annotations

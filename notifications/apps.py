@@ -6,7 +6,4 @@ class NotificationsConfig(AppConfig):
     verbose_name = "Notifications"
 
     def ready(self) -> None:
-        from metering import hooks
-        from notifications import receivers, services  # noqa: F401 - connects the receiver
-
-        hooks.register_after_ingest(services.after_ingest)
+        from notifications import receivers  # noqa: F401 - connects the receiver

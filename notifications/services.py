@@ -1,6 +1,7 @@
-"""Telling people: usage summaries before charging, budget alerts, finance notices, and the
-operator's agent-platform webhook. Every message is an outbox row first (unique key), then
-sent by a task after commit, so a retry or a second worker never sends it twice."""
+"""Telling people: usage summaries before charging, finance notices, and the operator's
+agent-platform webhook. Every message is an outbox row first (unique key), then sent by a task
+after commit, so a retry or a second worker never sends it twice. Budget alerts are queued
+here by budgets.messages."""
 
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from invoicing.models import BillingPeriod, Invoice
+from invoicing.models import Invoice
 from invoicing.pricing import describe_line_price
-from invoicing.services import budgets
 from invoicing.services import invoices as invoice_services
 from metering.currencies import format_minor
-from metering.models import BudgetCap, Customer
+from metering.models import Customer
 from metering.serializers import decimal_text
 from notifications.models import Notification, OperatorWebhook
 
@@ -234,149 +234,6 @@ def queue_usage_summaries() -> int:
             )
         count += 1
     return count
-
-
-# --- Budgets -------------------------------------------------------------------------------
-
-
-def after_ingest(*, customer_ids: set[int], now: datetime | None = None) -> dict[str, dict]:
-    """Check the caps of the customers in a committed batch; tell people what changed.
-
-    Returns each customer's status for the ingestion response, keyed by external id.
-    """
-    now = now or timezone.now()
-    active, to_check = budgets.customers_to_check(customer_ids)
-    statuses: dict[str, dict] = {
-        external_id: {"status": "active", "remaining_minor": None} for external_id in active
-    }
-    for customer in to_check:
-        status = check_budget(customer=customer, now=now)
-        statuses[customer.external_id] = {
-            "status": status.status,
-            "remaining_minor": status.remaining_minor,
-        }
-    return statuses
-
-
-def check_budget(
-    *, customer: Customer, now: datetime, known: tuple[BillingPeriod, int] | None = None
-) -> budgets.BudgetStatus:
-    with transaction.atomic():
-        status = budgets.evaluate_budget(customer=customer, now=now, known=known)
-        notify_budget_changes(status)
-    return status
-
-
-def check_all_budgets(*, now: datetime) -> int:
-    """Beat, every minute: re-check every capped or paused customer (new periods resume)."""
-    ids = set(
-        BudgetCap.objects.filter(cap_minor__isnull=False).values_list("customer_id", flat=True)
-    ) | set(Customer.objects.filter(status=Customer.Status.PAUSED).values_list("pk", flat=True))
-    for customer in Customer.objects.filter(pk__in=ids).order_by("pk"):
-        try:
-            check_budget(customer=customer, now=now)
-        except Exception:  # one customer's failure must not stop the others
-            logger.exception("budget check of %s failed", customer.external_id)
-    return len(ids)
-
-
-def notify_budget_changes(status: budgets.BudgetStatus) -> None:
-    """Queue the e-mails and operator webhooks for new alerts and pause/resume transitions."""
-    customer = status.customer
-    period = status.period_start.isoformat() if status.period_start else ""
-    base = {
-        "customer_id": customer.external_id,
-        "customer_name": customer.name,
-        "currency": status.currency,
-        "cap": format_minor(status.cap_minor or 0, status.currency),
-        "cap_minor": status.cap_minor,
-        "spent": format_minor(status.spent_minor, status.currency),
-        "spent_minor": status.spent_minor,
-        "remaining_minor": status.remaining_minor,
-        "status": status.status,
-        "action": status.action,
-        "period_start": period,
-        "period_end": status.period_end.isoformat() if status.period_end else "",
-        "portal_url": settings.PORTAL_BASE_URL.rstrip("/") + "/portal/budget/",
-    }
-    for alert in status.new_alerts:
-        context = {**base, "threshold": alert.threshold}
-        queue_notification(
-            key=f"budget-alert:{alert.pk}",
-            kind=N.Kind.BUDGET_ALERT,
-            recipients=list(customer.emails),
-            subject=f"{alert.threshold}% of your budget used ({base['spent']} of {base['cap']})",
-            context=context,
-            customer=customer,
-            period_start=status.period_start,
-        )
-        queue_operator_webhook(
-            key=f"threshold:{alert.pk}",
-            event="budget.threshold_crossed",
-            customer=customer,
-            payload=context,
-        )
-    if status.transition == "paused":
-        count = status.pause_count
-        queue_notification(
-            key=f"ops-paused:{customer.pk}:{period}:{count}",
-            kind=N.Kind.OPS_PAUSED,
-            recipients=list(settings.BILLING_OPS_EMAILS),
-            subject=f"Customer {customer.external_id} paused at its budget cap",
-            context=base,
-            customer=customer,
-            period_start=status.period_start,
-        )
-        queue_operator_webhook(
-            key=f"paused:{customer.pk}:{period}:{count}",
-            event="budget.paused",
-            customer=customer,
-            payload=base,
-        )
-    elif status.transition == "resumed":
-        queue_operator_webhook(
-            key=f"resumed:{customer.pk}:{period}:{status.resume_count}",
-            event="budget.resumed",
-            customer=customer,
-            payload=base,
-        )
-
-
-def set_budget(
-    *,
-    customer: Customer,
-    cap_minor: int | None,
-    thresholds: list[int],
-    action: str,
-    now: datetime,
-    actor: object = None,
-    actor_label: str = "",
-) -> budgets.BudgetStatus:
-    """Set or change a cap (API, portal, admin) and tell people what that changed."""
-    with transaction.atomic():
-        status = budgets.set_budget_cap(
-            customer=customer,
-            cap_minor=cap_minor,
-            thresholds=thresholds,
-            action=action,
-            now=now,
-            actor=actor,
-            actor_label=actor_label,
-        )
-        notify_budget_changes(status)
-    return status
-
-
-def acknowledge(
-    *, customer: Customer, now: datetime, actor: object = None, actor_label: str = ""
-) -> budgets.BudgetStatus:
-    """Resume a paused customer for the rest of the period, and tell the agent platform."""
-    with transaction.atomic():
-        status = budgets.acknowledge_pause(
-            customer=customer, now=now, actor=actor, actor_label=actor_label
-        )
-        notify_budget_changes(status)
-    return status
 
 
 # --- Tracking (anymail) --------------------------------------------------------------------

@@ -45,9 +45,3 @@ def send_usage_summaries() -> int:
     summary of every new draft invoice."""
     services.requeue_stale_messages(now=timezone.now())
     return services.queue_usage_summaries()
-
-
-@shared_task(name="notifications.check_budgets", ignore_result=True)
-def check_budgets() -> int:
-    """Beat, every minute: re-check capped and paused customers."""
-    return services.check_all_budgets(now=timezone.now())

@@ -15,11 +15,12 @@ from typing import Any
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 
+from budgets import rules
+from budgets.models import BudgetCap
 from metering.currencies import CURRENCIES
-from metering.models import BudgetCap, PortalMembership
+from metering.models import PortalMembership
 from portal.selectors import PROPERTY_NAME
 
-MAX_CAP_MINOR = 10**15  # as the budget service allows
 DAY_CHOICES = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days")]
 
 
@@ -68,7 +69,7 @@ def major_to_minor(text: str, currency: str) -> int:
         raise ValueError(f"{currency} amounts have at most {places} decimal places.")
     if minor <= 0:
         raise ValueError("The cap must be greater than zero.")
-    if minor > MAX_CAP_MINOR:
+    if minor > rules.MAX_CAP_MINOR:
         raise ValueError("The amount is too large.")
     return int(minor)
 
@@ -80,21 +81,16 @@ def minor_to_major_text(amount_minor: int, currency: str) -> str:
 
 
 def parse_thresholds(text: str) -> list[int]:
-    """ "50, 80 100" -> [50, 80, 100]; ValueError with a message for people otherwise."""
+    """ "50, 80 100" -> [50, 80, 100]; ValueError with a message for people otherwise (what
+    makes thresholds valid is budgets.rules.thresholds_error)."""
     parts = [part for part in re.split(r"[\s,;]+", text.strip()) if part]
-    if not parts:
-        raise ValueError("Enter at least one threshold, e.g. 50, 80, 100.")
     values = []
     for part in parts:
         if not re.fullmatch(r"\d{1,3}%?", part):
             raise ValueError(f"“{part}” is not a whole percentage.")
         values.append(int(part.rstrip("%")))
-    if any(not 1 <= value <= 100 for value in values):
-        raise ValueError("Each threshold is a percentage between 1 and 100.")
-    if len(set(values)) != len(values):
-        raise ValueError("Each threshold may appear once.")
-    if len(values) > 10:
-        raise ValueError("At most 10 thresholds.")
+    if (message := rules.thresholds_error(values)) is not None:
+        raise ValueError(message)
     return sorted(values)
 
 

@@ -28,8 +28,7 @@ from invoicing import selectors as invoicing_selectors
 from invoicing.models import BillingPeriod, Invoice
 from invoicing.pricing import PricingRecord
 from invoicing.rating import rate
-from invoicing.services import subscriptions
-from metering.models import BudgetAlert, Customer, Meter, UsageEvent, UsageRollup
+from metering.models import Customer, Meter, UsageEvent, UsageRollup
 
 QUANTITY_STEP = Decimal("0.000001")  # quantities carry 6 decimal places
 # Meters whose period quantity grows with time, so a linear extrapolation means something;
@@ -98,7 +97,7 @@ def current_usage(*, customer: Customer, now: datetime) -> CurrentUsage | None:
 
     None when the customer has no plan (no period).
     """
-    period = subscriptions.current_period(customer=customer, now=now)
+    period = invoicing_selectors.current_period(customer=customer, now=now)
     if period is None:
         return None
     preview = invoicing_selectors.preview_period_usage(period=period)
@@ -351,7 +350,7 @@ def property_names(*, customer: Customer, period: BillingPeriod, sample: int = 2
     return sorted(name for name in names if PROPERTY_NAME.match(name))[:50]
 
 
-# --- Invoices, periods, alerts ---------------------------------------------------------------
+# --- Invoices, periods ---------------------------------------------------------------
 
 
 def list_invoices(*, customer: Customer) -> QuerySet[Invoice]:
@@ -365,13 +364,6 @@ def list_invoices(*, customer: Customer) -> QuerySet[Invoice]:
 
 def recent_periods(*, customer: Customer, limit: int = 24) -> list[BillingPeriod]:
     return list(BillingPeriod.objects.filter(customer=customer).order_by("-start")[:limit])
-
-
-def list_budget_alerts(*, customer: Customer, limit: int = 100) -> list[BudgetAlert]:
-    """The thresholds crossed, newest first."""
-    return list(
-        BudgetAlert.objects.filter(customer=customer).order_by("-created_at", "-pk")[:limit]
-    )
 
 
 # --- Usage export ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The portal's pages. Thin: each view gets the logged-in user's customer (portal.access), reads
-through selectors, writes through notifications.services, and renders a template.
+through selectors (GETs never write), writes through the owning app's services (budgets), and
+renders a template.
 
 Every object is looked up through that customer, so another customer's ids answer 404.
 """
@@ -23,14 +24,16 @@ from django.urls import reverse_lazy
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from budgets import selectors as budget_selectors
+from budgets import services as budget_services
+from budgets.models import DEFAULT_THRESHOLDS, BudgetCap
+from budgets.selectors import BudgetStatus
 from invoicing.documents import invoice_document_context, render_invoice_document
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.pricing import describe_price
-from invoicing.services.budgets import BudgetInvalid, BudgetStatus, NothingPaused
-from invoicing.services.subscriptions import current_period
-from metering.models import BudgetCap, Customer
+from invoicing.selectors import current_period
+from metering.models import Customer
 from metering.serializers import decimal_text
-from notifications import services as notification_services
 from portal import forms, selectors
 from portal.access import customer_required
 from portal.presentation import series_charts
@@ -88,15 +91,7 @@ class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
 
 
 def budget_view_model(status: BudgetStatus) -> dict[str, Any]:
-    """The progress bar: percent used (exact, and clamped for the bar) and threshold marks.
-
-    Without a billing period (no plan yet) the check knows no cap: the stored one is shown.
-    """
-    if status.period_start is None:
-        stored = BudgetCap.objects.filter(customer=status.customer).first()
-        if stored is not None:
-            status.cap_minor, status.action = stored.cap_minor, stored.action
-            status.thresholds = sorted(stored.thresholds)
+    """The progress bar: percent used (exact, and clamped for the bar) and threshold marks."""
     cap = status.cap_minor
     percent = status.spent_minor * 100 // cap if cap else 0
     return {
@@ -135,7 +130,7 @@ def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
             }
             for line in usage.lines
         ]
-    budget = notification_services.check_budget(
+    budget = budget_selectors.get_budget_status(
         customer=customer, now=now, known=(usage.period, usage.total_minor) if usage else None
     )
     series = selectors.daily_usage(
@@ -180,7 +175,9 @@ def breakdown(request: HttpRequest, customer: Customer) -> HttpResponse:
     result = property_names = None
     if period is not None:
         result, property_names = cache.get_or_set(
-            f"portal:breakdown2:{customer.pk}:{period.pk}:{prop}",  # (breakdown, names)
+            # (breakdown, names); by the period's start: a period beat has not created yet
+            # (read, not written, here) has no pk
+            f"portal:breakdown2:{customer.pk}:{period.start.isoformat()}:{prop}",
             lambda: (
                 selectors.property_breakdown(customer=customer, period=period, prop=prop),
                 selectors.property_names(customer=customer, period=period),
@@ -354,7 +351,7 @@ def export(request: HttpRequest, customer: Customer) -> HttpResponse:
 def _budget_page(
     request: HttpRequest, customer: Customer, form: forms.BudgetForm, *, status: int = 200
 ) -> HttpResponse:
-    budget = notification_services.check_budget(customer=customer, now=timezone.now())
+    budget = budget_selectors.get_budget_status(customer=customer, now=timezone.now())
     return render(
         request,
         "portal/budget.html",
@@ -363,7 +360,7 @@ def _budget_page(
             "customer": customer,
             "form": form,
             "budget": budget_view_model(budget),
-            "alerts": selectors.list_budget_alerts(customer=customer),
+            "alerts": budget_selectors.list_budget_alerts(customer=customer),
         },
         status=status,
     )
@@ -377,7 +374,7 @@ def budget(request: HttpRequest, customer: Customer) -> HttpResponse:
         form = forms.BudgetForm(request.POST, currency=currency)
         if form.is_valid():
             try:
-                status = notification_services.set_budget(
+                status = budget_services.set_budget_cap(
                     customer=customer,
                     cap_minor=form.cleaned_data["cap"],
                     thresholds=form.cleaned_data["thresholds"],
@@ -385,7 +382,7 @@ def budget(request: HttpRequest, customer: Customer) -> HttpResponse:
                     now=timezone.now(),
                     actor=request.user,
                 )
-            except BudgetInvalid as exc:
+            except budget_services.BudgetInvalid as exc:
                 for field, message in exc.errors.items():
                     name = {"cap_minor": "cap"}.get(field, field)
                     form.add_error(name if name in form.fields else None, message)
@@ -394,8 +391,11 @@ def budget(request: HttpRequest, customer: Customer) -> HttpResponse:
                 return redirect("portal:budget")
         messages.error(request, "The budget was not saved: please correct the errors below.")
         return _budget_page(request, customer, form, status=400)
-    cap = BudgetCap.objects.filter(customer=customer).first()
-    initial = {"thresholds": "50, 80, 100", "action": BudgetCap.Action.ALERT}
+    cap = budget_selectors.get_budget_cap(customer=customer)
+    initial = {
+        "thresholds": ", ".join(str(t) for t in DEFAULT_THRESHOLDS),
+        "action": BudgetCap.Action.ALERT,
+    }
     if cap is not None:
         initial = {
             "cap": ""
@@ -411,8 +411,8 @@ def budget(request: HttpRequest, customer: Customer) -> HttpResponse:
 @require_POST
 def acknowledge(request: HttpRequest, customer: Customer) -> HttpResponse:
     try:
-        notification_services.acknowledge(customer=customer, now=timezone.now(), actor=request.user)
-    except NothingPaused:
+        budget_services.acknowledge_pause(customer=customer, now=timezone.now(), actor=request.user)
+    except budget_services.NothingPaused:
         messages.info(request, "Nothing is paused: your agents are running.")
     else:
         messages.success(request, "Resumed: your agents may work for the rest of this period.")

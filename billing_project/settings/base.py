@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "metering",
     "invoicing",
     "notifications",
+    "budgets",
     "portal",
 ]
 

@@ -28,6 +28,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 
+from invoicing import hooks
 from invoicing.bulk import insert_rows
 from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine, PricePlan
 from invoicing.pricing import (
@@ -38,9 +39,9 @@ from invoicing.pricing import (
     usage_line,
 )
 from invoicing.rating import PriceSpec
-from invoicing.services import audit, budgets, subscriptions
+from invoicing.services import audit, subscriptions
 from metering import aggregation
-from metering.models import BudgetCap, BudgetPeriodState, Meter, UsageAggregate, UsageEvent
+from metering.models import Meter, UsageAggregate, UsageEvent
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def _close_batch(period_ids: list[int], *, now: datetime, run: _Run) -> dict[int
         through = aggregation.usage_watermark()
         after = aggregation.previous_watermarks(customer_ids)
 
-        caps = _caps(periods)
+        caps = hooks.period_caps(periods)  # the budgets' rule (budgets.selectors)
         late = aggregation.late_customers(
             customer_ids=customer_ids,
             before={p.customer_id: p.start for p in periods},
@@ -196,28 +197,6 @@ def _close_batch(period_ids: list[int], *, now: datetime, run: _Run) -> dict[int
         )
         insert_rows(AuditEntry, _audit_columns(periods, invoices, lines_by_period, event_counts))
     return invoices
-
-
-def _caps(periods: list[BillingPeriod]) -> dict[int, int | None]:
-    """The cap that limits each period (see budgets.cap_for_period), in two queries."""
-    customer_ids = [p.customer_id for p in periods]
-    states = {
-        (s.customer_id, s.period_start): s
-        for s in BudgetPeriodState.objects.filter(customer_id__in=customer_ids)
-    }
-    current = dict(
-        BudgetCap.objects.filter(customer_id__in=customer_ids).values_list(
-            "customer_id", "cap_minor"
-        )
-    )
-    caps: dict[int, int | None] = {}
-    for period in periods:
-        state = states.get((period.customer_id, period.start))
-        if state is None:
-            caps[period.pk] = current.get(period.customer_id)
-        else:
-            caps[period.pk] = None if state.acknowledged_at else state.cap_minor
-    return caps
 
 
 def _bill_window(
@@ -315,7 +294,7 @@ def _cap_credit_for_late_usage(
     What a period bills over all invoices is min(uncapped usage, cap); what earlier invoices
     billed for it (usage, adjustments and credits) is counted.
     """
-    cap = budgets.cap_for_period(customer_id=source.customer_id, period_start=source.start)
+    cap = hooks.period_caps([source])[source.pk]
     if cap is None:
         return []
     earlier = InvoiceLine.objects.filter(

@@ -167,6 +167,23 @@ def _missing_bounds(schedule: _Schedule, *, now: datetime) -> list[periods.Perio
     return missing
 
 
+def scheduled_period(*, subscription: Subscription, now: datetime) -> BillingPeriod | None:
+    """The period containing `now` exactly as ensure_periods will create it, unsaved (pure:
+    reads nothing beyond the subscription, its plan and customer). None when the schedule
+    puts no new period there (its rows already cover `now`, or more than MAX_PERIODS_PER_RUN
+    are missing)."""
+    missing = _missing_bounds(_Schedule.of(subscription), now=now)
+    if not missing or not missing[-1].start <= now < missing[-1].end:
+        return None
+    return BillingPeriod(
+        customer=subscription.customer,
+        plan=subscription.plan,
+        start=missing[-1].start,
+        end=missing[-1].end,
+        status=BillingPeriod.Status.OPEN,
+    )
+
+
 def ensure_periods(*, subscription: Subscription, now: datetime) -> list[BillingPeriod]:
     """Create the missing period rows of one subscription up to the one containing `now`
     (idempotent: the subscription row is locked, and (customer, start) is unique)."""

@@ -9,10 +9,10 @@ import requests
 from agent_billing import BudgetExceeded
 from django.utils import timezone
 
+from budgets import services as budget_services
 from invoicing.rating import PriceSpec
 from invoicing.services import plans, subscriptions
 from metering.models import UsageEvent
-from notifications import services as notifications
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,7 +35,7 @@ def capped(customer, meters):
     )
     now = timezone.now()
     subscriptions.subscribe_customer(customer=customer, plan=plan, now=now)
-    notifications.set_budget(
+    budget_services.set_budget_cap(
         customer=customer, cap_minor=CAP_MINOR, thresholds=[50, 100], action="pause", now=now
     )
     return customer

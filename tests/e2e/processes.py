@@ -279,7 +279,7 @@ def start_gunicorn(
 BEAT_TASKS = {
     "e2e: close due billing periods": "invoicing.close_due_periods",
     "e2e: send usage summaries": "notifications.send_usage_summaries",
-    "e2e: check budget caps": "notifications.check_budgets",
+    "e2e: check budget caps": "budgets.check_budgets",
 }
 
 

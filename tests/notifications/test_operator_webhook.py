@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 
+from budgets import tasks as budget_tasks
 from notifications import tasks
 from notifications.models import OperatorWebhook
 from tests.invoicing.conftest import T0
@@ -159,7 +160,7 @@ def test_a_new_period_resumes_a_paused_customer(
     clock.move_to(T0 + timedelta(hours=1, seconds=30))
     for _ in range(2):  # two beat runs
         with django_capture_on_commit_callbacks(execute=True):
-            tasks.check_budgets()
+            budget_tasks.check_budgets()
 
     assert events(operator_endpoint)[4:] == ["budget.resumed"]
     body = json.loads(operator_endpoint.requests[-1].body)

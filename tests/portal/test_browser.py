@@ -18,12 +18,13 @@ from django.contrib.auth.models import Group, Permission, User
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from budgets import services as budget_services
+from budgets.models import BudgetCap
 from invoicing.models import BillingPeriod, Invoice
 from invoicing.services import invoices
 from metering import services as metering_services
 from metering.currencies import format_minor
-from metering.models import BudgetCap, Customer, UsageEvent
-from notifications import services as notification_services
+from metering.models import Customer, UsageEvent
 from tests.portal.conftest import PASSWORD, build_history, make_meters, make_portal_customer
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls of the test itself
@@ -202,7 +203,7 @@ def test_customer_journey(page, live_server, acme_world):
     assert len(rows) - 1 == expected == 9
 
     # Budget: paused at a cap below the spend; raising the cap resumes...
-    notification_services.set_budget(
+    budget_services.set_budget_cap(
         customer=customer,
         cap_minor=1000,
         thresholds=[50, 80, 100],

@@ -11,9 +11,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from budgets import services as budget_services
+from budgets.models import BudgetAlert, BudgetCap
 from invoicing.models import BillingPeriod
-from metering.models import BudgetAlert, BudgetCap
-from notifications import services as notification_services
 from tests.portal.conftest import build_history
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +24,7 @@ def two_customers(acme, globex, service_key):
     """A (acme) and B (globex), each with a draft invoice and current usage; A has alerts."""
     a_invoice = build_history(acme, service_key[0], prefix="a")
     b_invoice = build_history(globex, service_key[0], prefix="b")
-    notification_services.set_budget(
+    budget_services.set_budget_cap(
         customer=acme.customer,
         cap_minor=600,
         thresholds=[50, 80],

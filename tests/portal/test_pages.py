@@ -18,14 +18,15 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from budgets import services as budget_services
+from budgets.models import BudgetCap, BudgetPeriodState
 from invoicing.demo import DEMO_PRICES
 from invoicing.models import AuditEntry, BillingPeriod, Invoice
 from invoicing.pricing import plan_price_specs
 from invoicing.rating import rate
 from invoicing.services import closing, plans, subscriptions
 from metering.currencies import format_minor
-from metering.models import BudgetCap, BudgetPeriodState, Customer, UsageEvent
-from notifications import services as notification_services
+from metering.models import Customer, UsageEvent
 from portal import charts, forms, selectors
 from portal.views import hosted_invoice_url
 from tests.portal.conftest import (
@@ -281,7 +282,7 @@ def test_invoice_detail_sets_adjustments_and_cap_credits_apart(acme, service_key
         code="portal-hourly", name="Hourly", currency="USD", interval="hour", prices=DEMO_PRICES
     )
     subscriptions.subscribe_customer(customer=acme.customer, plan=plan, now=t0)
-    notification_services.set_budget(
+    budget_services.set_budget_cap(
         customer=acme.customer, cap_minor=1000, thresholds=[100], action="alert", now=t0 + minute
     )
     events = [
@@ -420,7 +421,7 @@ def test_bad_budget_input_shows_errors_and_changes_nothing(
     client, portal_meters, currency, data, field, message
 ):
     portal = make_portal_customer(f"cust-{currency.lower()}", currency=currency)
-    notification_services.set_budget(
+    budget_services.set_budget_cap(
         customer=portal.customer,
         cap_minor=5000,
         thresholds=[50, 100],
@@ -452,7 +453,7 @@ def test_empty_cap_removes_it(client, portal_meters):
 def paused(acme_history):
     """acme paused at a cap below what it already spent this period."""
     acme, _ = acme_history
-    status = notification_services.set_budget(
+    status = budget_services.set_budget_cap(
         customer=acme.customer,
         cap_minor=1000,
         thresholds=[50, 100],
@@ -575,12 +576,12 @@ def testhosted_invoice_url_shown_only_when_https():
 
 
 def test_dashboard_rates_the_period_once_with_a_budget(acme_history, client, monkeypatch):
-    """The budget card's spend is the dashboard's own total: a check that records nothing
-    reuses it instead of rating the period a second time."""
+    """The budget card's spend is the dashboard's own total: the budget read reuses it
+    instead of rating the period a second time."""
     from invoicing import selectors as invoicing_selectors
 
     acme, _ = acme_history
-    notification_services.set_budget(
+    budget_services.set_budget_cap(
         customer=acme.customer,
         cap_minor=1_000_000,
         thresholds=[50, 80, 100],
@@ -588,7 +589,7 @@ def test_dashboard_rates_the_period_once_with_a_budget(acme_history, client, mon
         now=timezone.now(),
     )
     client.force_login(acme.user)
-    client.get("/portal/")  # the period's first check records the state
+    client.get("/portal/")  # warm: the plan's prices are kept per process
     calls = []
     original = invoicing_selectors.preview_period_usage
 

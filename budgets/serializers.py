@@ -1,13 +1,19 @@
-"""Budget and allowance shapes of the API (DESIGN sections 3 and 6)."""
+"""Budget and allowance shapes of the API (DESIGN sections 3 and 6). Input serializers check
+types only; what makes a budget valid is budgets.rules.validate_budget."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
+
+from budgets import rules
+from budgets.models import BudgetCap, default_thresholds
 
 
 class StrictIntegerField(serializers.IntegerField):
     """A JSON integer only: DRF's IntegerField also takes "100" and 100.0, which the budget
-    service rejects; minor units and percentages are whole JSON numbers."""
+    rules reject; minor units and percentages are whole JSON numbers."""
 
     def to_internal_value(self, data: object) -> int:
         if isinstance(data, bool) or not isinstance(data, int):
@@ -16,20 +22,21 @@ class StrictIntegerField(serializers.IntegerField):
 
 
 class BudgetInput(serializers.Serializer):
-    cap_minor = StrictIntegerField(allow_null=True, min_value=1, max_value=10**15)
+    cap_minor = StrictIntegerField(allow_null=True)
     thresholds = serializers.ListField(
-        child=StrictIntegerField(min_value=1, max_value=100),
-        min_length=1,
-        max_length=10,
-        required=False,
-        default=[50, 80, 100],
+        child=StrictIntegerField(), required=False, default=default_thresholds
     )
-    action = serializers.ChoiceField(choices=["alert", "pause"], required=False, default="alert")
+    action = serializers.ChoiceField(
+        choices=BudgetCap.Action.choices, required=False, default=BudgetCap.Action.ALERT
+    )
 
-    def validate_thresholds(self, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise serializers.ValidationError("thresholds must be distinct")
-        return sorted(value)
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        errors = rules.validate_budget(
+            cap_minor=data["cap_minor"], thresholds=data["thresholds"], action=data["action"]
+        )
+        if errors:
+            raise serializers.ValidationError(errors)
+        return {**data, "thresholds": sorted(data["thresholds"])}
 
 
 class AllowanceOutput(serializers.Serializer):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from budgets.models import BudgetAlert, BudgetCap, BudgetPeriodState
 from invoicing.models import AuditEntry
 from metering import services as metering_services
-from metering.models import BudgetAlert, BudgetCap, BudgetPeriodState
 from notifications.models import Notification
 from tests.invoicing.conftest import T0
 

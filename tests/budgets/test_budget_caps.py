@@ -7,12 +7,13 @@ from datetime import timedelta
 
 import pytest
 
+from budgets import tasks
+from budgets.models import BudgetAlert, BudgetPeriodState
 from invoicing import selectors
 from invoicing.models import AuditEntry, BillingPeriod
-from metering.models import BudgetAlert, BudgetPeriodState, Customer, UsageEvent
-from notifications import tasks
+from metering.models import Customer, UsageEvent
+from tests.budgets.conftest import NOW, OPS_EMAILS, task_event
 from tests.invoicing.conftest import T0
-from tests.notifications.conftest import NOW, OPS_EMAILS, task_event
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clock")]
 ALLOWANCE = "/api/v1/customers/acme/allowance"

@@ -1,4 +1,8 @@
-"""Budget endpoints: the allowance agents ask before work, the cap, and acknowledging a pause."""
+"""Budget endpoints: the allowance agents ask before work, the cap, and acknowledging a pause.
+
+The GETs read through budgets.selectors (no lock, no write); PUT and the acknowledgement call
+budgets.services.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from invoicing.services import budgets
+from budgets import selectors, services
+from budgets.serializers import AllowanceOutput, BudgetInput, BudgetOutput
 from invoicing.views import customer_for_request
 from metering.authentication import HasApiKey
-from metering.models import BudgetCap
 from metering.serializers import ErrorOutput
-from notifications import services
-from notifications.serializers import AllowanceOutput, BudgetInput, BudgetOutput
-
-
-def _budget_payload(state: budgets.BudgetStatus) -> dict:
-    cap = BudgetCap.objects.filter(customer=state.customer).first()
-    state.thresholds = sorted(cap.thresholds) if cap else [50, 80, 100]
-    state.action = cap.action if cap else None
-    return BudgetOutput(state).data
 
 
 class AllowanceView(APIView):
@@ -33,7 +28,7 @@ class AllowanceView(APIView):
     @extend_schema(operation_id="allowance", responses={200: AllowanceOutput, 404: ErrorOutput})
     def get(self, request: Request, customer_id: str) -> Response:
         customer = customer_for_request(request, customer_id)
-        state = services.check_budget(customer=customer, now=timezone.now())
+        state = selectors.get_budget_status(customer=customer, now=timezone.now())
         return Response(AllowanceOutput(state).data)
 
 
@@ -45,9 +40,8 @@ class BudgetView(APIView):
     @extend_schema(operation_id="get_budget", responses={200: BudgetOutput, 404: ErrorOutput})
     def get(self, request: Request, customer_id: str) -> Response:
         customer = customer_for_request(request, customer_id)
-        return Response(
-            _budget_payload(services.check_budget(customer=customer, now=timezone.now()))
-        )
+        state = selectors.get_budget_status(customer=customer, now=timezone.now())
+        return Response(BudgetOutput(state).data)
 
     @extend_schema(
         operation_id="set_budget",
@@ -59,7 +53,7 @@ class BudgetView(APIView):
         serializer = BudgetInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        state = services.set_budget(
+        state = services.set_budget_cap(
             customer=customer,
             cap_minor=data["cap_minor"],
             thresholds=data["thresholds"],
@@ -67,7 +61,7 @@ class BudgetView(APIView):
             now=timezone.now(),
             actor_label=f"api key {request.auth.prefix}",
         )
-        return Response(_budget_payload(state))
+        return Response(BudgetOutput(state).data)
 
 
 class AcknowledgeView(APIView):
@@ -83,14 +77,14 @@ class AcknowledgeView(APIView):
     def post(self, request: Request, customer_id: str) -> Response:
         customer = customer_for_request(request, customer_id)
         try:
-            state = services.acknowledge(
+            state = services.acknowledge_pause(
                 customer=customer,
                 now=timezone.now(),
                 actor_label=f"api key {request.auth.prefix}",
             )
-        except budgets.NothingPaused as exc:
+        except services.NothingPaused as exc:
             return Response(
                 {"errors": [{"index": None, "field": None, "message": str(exc)}]},
                 status=status.HTTP_409_CONFLICT,
             )
-        return Response(_budget_payload(state))
+        return Response(BudgetOutput(state).data)

@@ -14,10 +14,11 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from budgets.models import BudgetAlert, BudgetPeriodState
 from invoicing.models import AuditEntry
-from metering.models import BudgetAlert, BudgetPeriodState, Customer, UsageEvent
+from metering.models import Customer, UsageEvent
 from notifications.models import Notification, OperatorWebhook
-from tests.notifications.conftest import EVENTS_URL, OPS_EMAILS, task_event
+from tests.budgets.conftest import EVENTS_URL, OPS_EMAILS, task_event
 
 THREADS = 20
 REQUESTS_PER_THREAD = 10  # 200 events of 5 minor units: 1000, twice the cap

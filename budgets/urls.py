@@ -1,6 +1,6 @@
 from django.urls import path
 
-from notifications import views
+from budgets import views
 
 urlpatterns = [
     path(

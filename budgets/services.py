@@ -1,0 +1,259 @@
+"""Writes of the budgets. Each entry point validates, writes, audits and tells people (through
+notifications' outbox, after commit) in one call and one transaction; there is no inner
+service that skips the messages.
+
+- check_budgets_after_ingest: after every ingested batch (registered in metering.hooks);
+- check_all_budgets: beat, every minute (new periods resume paused customers);
+- set_budget_cap, acknowledge_pause: the explicit actions (API, portal, admin).
+
+A check locks the customer's BudgetPeriodState row for the current period, rates the period's
+usage so far *inside* the lock (so serialized checks see increasing spend), inserts a
+BudgetAlert per newly crossed threshold (unique per customer, period, cap and threshold), and
+moves the status; a check that would record nothing is a read (selectors.status_if_unchanged)
+and takes no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from budgets import messages, rules, selectors
+from budgets.models import BudgetAlert, BudgetCap, BudgetPeriodState
+from budgets.selectors import BudgetStatus
+from invoicing import selectors as invoicing_selectors
+from invoicing.models import BillingPeriod
+from invoicing.services import subscriptions
+from invoicing.services.audit import record_audit
+from metering.models import Customer
+
+logger = logging.getLogger(__name__)
+
+
+class NothingPaused(Exception):
+    """An acknowledgement arrived while the customer is not paused."""
+
+
+class BudgetInvalid(Exception):
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+# --- Checks --------------------------------------------------------------------------------
+
+
+def check_budgets_after_ingest(
+    *, customer_ids: set[int], now: datetime | None = None
+) -> dict[str, dict]:
+    """Check the caps of the customers in a committed batch; tell people what changed.
+
+    Returns each customer's status for the ingestion response, keyed by external id.
+    """
+    now = now or timezone.now()
+    active, to_check = selectors.customers_to_check(customer_ids)
+    statuses: dict[str, dict] = {
+        external_id: {"status": rules.ACTIVE, "remaining_minor": None} for external_id in active
+    }
+    for customer in to_check:
+        status = check_budget(customer=customer, now=now)
+        statuses[customer.external_id] = {
+            "status": status.status,
+            "remaining_minor": status.remaining_minor,
+        }
+    return statuses
+
+
+def check_all_budgets(*, now: datetime) -> int:
+    """Beat, every minute: re-check every capped or paused customer (new periods resume)."""
+    ids = selectors.customer_ids_to_check()
+    for customer in Customer.objects.filter(pk__in=ids).order_by("pk"):
+        try:
+            check_budget(customer=customer, now=now)
+        except Exception:  # one customer's failure must not stop the others
+            logger.exception("budget check of %s failed", customer.external_id)
+    return len(ids)
+
+
+def check_budget(*, customer: Customer, now: datetime) -> BudgetStatus:
+    """Check one customer's spend against its cap now: record new thresholds, pause or
+    resume, audit, and queue the messages, in one transaction."""
+    with transaction.atomic():
+        status = _check(customer=customer, now=now, actor=None)
+        messages.queue_budget_messages(status)
+    return status
+
+
+def _check(*, customer: Customer, now: datetime, actor: object) -> BudgetStatus:
+    period = subscriptions.current_period(customer=customer, now=now)
+    if period is None:
+        return selectors.get_budget_status(customer=customer, now=now)
+    unchanged = selectors.status_if_unchanged(customer=customer, period=period)
+    if unchanged is not None:
+        return unchanged  # the common case: a read, no lock, no write
+    with transaction.atomic():
+        state = _state_for(customer, period)
+        cap = BudgetCap.objects.filter(customer=customer).first()
+        spent = invoicing_selectors.preview_period_usage(period=period).total_minor
+        new_alerts: list[BudgetAlert] = []
+        if cap is not None and cap.cap_minor is not None:
+            crossed = rules.crossed_thresholds(
+                cap_minor=cap.cap_minor, thresholds=cap.thresholds, spent=spent
+            )
+            for threshold in crossed:
+                alert, created = BudgetAlert.objects.get_or_create(
+                    customer=customer,
+                    period_start=period.start,
+                    cap_minor=cap.cap_minor,
+                    threshold=threshold,
+                    defaults={"spent_minor": spent},
+                )
+                if created:
+                    new_alerts.append(alert)
+        status = rules.status_for(cap=cap, acknowledged_at=state.acknowledged_at, spent=spent)
+        previous = state.status
+        if state.checked_at is None and _customer_paused(customer):
+            # The period's first check: a customer still paused from an earlier period resumes
+            # (or stays paused) here, so the change is audited and the platform told.
+            previous = rules.PAUSED
+        transition = None
+        if status == rules.PAUSED and previous != rules.PAUSED:
+            transition = "paused"
+            state.paused_at = now
+            state.pause_count += 1
+        elif status != rules.PAUSED and previous == rules.PAUSED:
+            transition = "resumed"
+            state.resume_count += 1
+        state.status = status
+        state.spent_minor = spent
+        state.cap_minor = cap.cap_minor if cap else None
+        state.checked_at = now
+        state.save()
+        _mirror_customer_status(customer, paused=status == rules.PAUSED)
+        if transition:
+            record_audit(
+                action=f"budget.{transition}",
+                obj=state,
+                user=actor,
+                customer_external_id=customer.external_id,
+                data={
+                    "spent_minor": spent,
+                    "cap_minor": state.cap_minor,
+                    "period_start": period.start,
+                },
+            )
+    return selectors.status_of(
+        customer=customer,
+        period=period,
+        cap=cap,
+        state=state,
+        spent=spent,
+        status=status,
+        new_alerts=new_alerts,
+        transition=transition,
+    )
+
+
+def _state_for(customer: Customer, period: BillingPeriod) -> BudgetPeriodState:
+    """The period's state row, created if missing, and locked for this transaction."""
+    try:
+        with transaction.atomic():
+            BudgetPeriodState.objects.get_or_create(
+                customer=customer,
+                period_start=period.start,
+                defaults={"period_end": period.end},
+            )
+    except IntegrityError:
+        pass  # created concurrently: lock it below
+    return BudgetPeriodState.objects.select_for_update().get(
+        customer=customer, period_start=period.start
+    )
+
+
+def _customer_paused(customer: Customer) -> bool:
+    """Whether the customer is paused now (read from the database, not a stale instance)."""
+    return Customer.objects.filter(pk=customer.pk, status=Customer.Status.PAUSED).exists()
+
+
+def _mirror_customer_status(customer: Customer, *, paused: bool) -> None:
+    """Keep Customer.status in step, so finance staff can filter paused customers."""
+    if customer.status == Customer.Status.ARCHIVED:
+        return
+    wanted = Customer.Status.PAUSED if paused else Customer.Status.ACTIVE
+    if customer.status != wanted:
+        Customer.objects.filter(pk=customer.pk).update(status=wanted)
+        customer.status = wanted
+
+
+# --- Explicit actions ----------------------------------------------------------------------
+
+
+def set_budget_cap(
+    *,
+    customer: Customer,
+    cap_minor: int | None,
+    thresholds: list[int],
+    action: str,
+    now: datetime,
+    actor: object = None,
+    actor_label: str = "",
+) -> BudgetStatus:
+    """Set, change or remove (cap_minor=None) the cap (API, portal, admin); re-check at once
+    (raising it resumes) and tell people what that changed.
+
+    `actor` is a Django user (admin, portal); `actor_label` names any other caller (an API key).
+    """
+    errors = rules.validate_budget(cap_minor=cap_minor, thresholds=thresholds, action=action)
+    if errors:
+        raise BudgetInvalid(errors)
+    with transaction.atomic():
+        cap, _ = BudgetCap.objects.select_for_update().get_or_create(customer=customer)
+        before = {"cap_minor": cap.cap_minor, "thresholds": cap.thresholds, "action": cap.action}
+        cap.cap_minor = cap_minor
+        cap.thresholds = sorted(thresholds)
+        cap.action = action
+        cap.save()
+        record_audit(
+            action="budget.cap_changed",
+            obj=cap,
+            user=actor,
+            customer_external_id=customer.external_id,
+            data={
+                "by": getattr(actor, "username", "") or actor_label or "api",
+                "before": before,
+                "after": {"cap_minor": cap_minor, "thresholds": cap.thresholds, "action": action},
+            },
+        )
+        status = _check(customer=customer, now=now, actor=actor)
+        messages.queue_budget_messages(status)
+    return status
+
+
+def acknowledge_pause(
+    *, customer: Customer, now: datetime, actor: object = None, actor_label: str = ""
+) -> BudgetStatus:
+    """Resume a paused customer for the rest of the period (the cap no longer limits it), and
+    tell the agent platform."""
+    with transaction.atomic():
+        period = subscriptions.current_period(customer=customer, now=now)
+        if period is None:
+            raise NothingPaused("the customer has no billing period")
+        state = _state_for(customer, period)
+        if state.status != rules.PAUSED:
+            raise NothingPaused("nothing is paused")
+        state.acknowledged_at = now
+        state.acknowledged_by = getattr(actor, "username", "") or actor_label or "api"
+        state.save(update_fields=["acknowledged_at", "acknowledged_by"])
+        record_audit(
+            action="budget.acknowledged",
+            obj=state,
+            user=actor,
+            customer_external_id=customer.external_id,
+            data={"by": state.acknowledged_by, "period_start": period.start},
+        )
+        status = _check(customer=customer, now=now, actor=actor)
+        messages.queue_budget_messages(status)
+    return status

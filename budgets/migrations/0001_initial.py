@@ -1,28 +1,10 @@
 """The budget models move from metering to budgets: the state only, the tables stay where they
-are (db_table keeps their names; no data is copied). The content types follow, so the Finance
-group's permissions and the admin's history keep pointing at them."""
+are (db_table keeps their names; no data is copied). Their content types follow in 0002."""
 
 import django.db.models.deletion
 from django.db import migrations, models
 
 import budgets.models
-
-MODELS = ["budgetcap", "budgetperiodstate", "budgetalert"]
-
-
-def _move_content_types(apps, *, source: str, target: str) -> None:
-    ContentType = apps.get_model("contenttypes", "ContentType")
-    for model in MODELS:
-        if not ContentType.objects.filter(app_label=target, model=model).exists():
-            ContentType.objects.filter(app_label=source, model=model).update(app_label=target)
-
-
-def forwards(apps, schema_editor) -> None:
-    _move_content_types(apps, source="metering", target="budgets")
-
-
-def backwards(apps, schema_editor) -> None:
-    _move_content_types(apps, source="budgets", target="metering")
 
 
 class Migration(migrations.Migration):
@@ -30,7 +12,6 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ("contenttypes", "0002_remove_content_type_name"),
         ("metering", "0010_alerts_per_cap"),
         # the Finance group got its budget permissions while the models were in metering
         ("notifications", "0003_finance_permissions"),
@@ -96,5 +77,4 @@ class Migration(migrations.Migration):
                 ),
             ],
         ),
-        migrations.RunPython(forwards, backwards),
     ]

@@ -21,7 +21,7 @@ def backwards(apps, schema_editor) -> None:
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("budgets", "0001_initial"),
+        ("budgets", "0002_content_types"),
         ("notifications", "0002_beat_schedule"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]

@@ -5,6 +5,10 @@ Only active staff who are superusers or members of a group in `BILLING_ADMIN_GRO
 With `BILLING_ADMIN_2FA` on, a user who has a confirmed TOTP device (django-otp) must also give
 its current token to log in, and a session not verified by that device counts as logged out of
 the admin. Users without a device log in with their password alone.
+
+Every admin registered on the site is audited (audit/audited_admin.py): `register` puts
+AuditedModelAdmin under it, so each add, change, delete and action is in the audit log with
+its user, whoever wrote the admin page.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.http import HttpRequest
 from django_otp import devices_for_user, user_has_device
 from django_otp.forms import OTPAuthenticationFormMixin
+
+from audit.audited_admin import AuditedModelAdmin
 
 TWO_FACTOR_LOGIN_TEMPLATE = "otp/admin111/login.html"  # django-otp's admin login page
 
@@ -75,7 +81,26 @@ class TwoFactorBackOfficeLoginForm(OTPAuthenticationFormMixin, BackOfficeLoginFo
         return device
 
 
+def audited(admin_class: type[admin.ModelAdmin]) -> type[admin.ModelAdmin]:
+    """The admin class with AuditedModelAdmin under it (itself if it has it already)."""
+    if issubclass(admin_class, AuditedModelAdmin):
+        return admin_class
+    return type(
+        admin_class.__name__,
+        (AuditedModelAdmin, admin_class),
+        {"__module__": admin_class.__module__, "__doc__": admin_class.__doc__},
+    )
+
+
 class BillingAdminSite(admin.AdminSite):
+    def register(
+        self,
+        model_or_iterable: Any,
+        admin_class: type[admin.ModelAdmin] | None = None,
+        **options: Any,
+    ) -> None:
+        super().register(model_or_iterable, audited(admin_class or admin.ModelAdmin), **options)
+
     @property
     def login_form(self) -> type[AdminAuthenticationForm]:  # type: ignore[override]
         return TwoFactorBackOfficeLoginForm if settings.BILLING_ADMIN_2FA else BackOfficeLoginForm

@@ -21,13 +21,13 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.services import record_audit
 from budgets import messages, rules, selectors
 from budgets.models import BudgetAlert, BudgetCap, BudgetPeriodState
 from budgets.selectors import BudgetStatus
 from invoicing import selectors as invoicing_selectors
 from invoicing.models import BillingPeriod
 from invoicing.services import subscriptions
-from invoicing.services.audit import record_audit
 from metering.models import Customer
 
 logger = logging.getLogger(__name__)

@@ -1,15 +1,15 @@
-"""Back office for finance staff: plans and prices, subscriptions, periods, invoices, audit log.
+"""Back office for finance staff: plans and prices, subscriptions, periods, invoices, aggregates.
 
 Thin: every action calls a service in invoicing/services/ and never sets a status itself.
-Services audit the transitions they make (with the user passed in); what the admin does
-beyond that (editing plans and prices, asking for a period close) is audited here as
-`admin.*` entries. Rows that the books depend on are read-only: a plan version that a billing
-period uses, periods, invoices and their lines, aggregates and the audit log.
+Services audit the transitions they make (with the user passed in); every other add, change,
+delete and action is audited by the admin site itself (audit/audited_admin.py), and asking
+for a period close is audited here with its outcome. Rows that the books depend on are
+read-only: a plan version that a billing period uses, periods, invoices and their lines, and
+aggregates.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -27,10 +27,10 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from audit.services import record_audit
 from invoicing import stripe_admin  # registers the Stripe models' admin pages
 from invoicing.documents import render_invoice_document
 from invoicing.models import (
-    AuditEntry,
     BillingPeriod,
     Invoice,
     InvoiceLine,
@@ -42,7 +42,6 @@ from invoicing.models import (
 from invoicing.pricing import price_spec
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
 from invoicing.services import closing, invoices, plans, subscriptions
-from invoicing.services.audit import record_audit
 from metering.currencies import format_minor, format_unit_amount
 from metering.models import UsageAggregate
 
@@ -58,32 +57,6 @@ def plan_in_use(plan: PricePlan | None) -> bool:
 
 def _has_model_perm(request: HttpRequest, opts: Any, action: str) -> bool:
     return request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
-
-
-class AuditedAdminMixin:
-    """Appends every add, change and delete made through this admin to the audit log, with the
-    user and Django's change message (which lists the inline rows added, changed, deleted)."""
-
-    def _audit(self, request: HttpRequest, obj: Any, verb: str, message: Any) -> None:
-        record_audit(
-            action=f"admin.{obj._meta.model_name}_{verb}",
-            obj=obj,
-            user=request.user,
-            data={"object": str(obj), "changes": message},
-        )
-
-    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
-        self._audit(request, obj, "added", message)
-        return super().log_addition(request, obj, message)
-
-    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
-        self._audit(request, obj, "changed", message)
-        return super().log_change(request, obj, message)
-
-    def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
-        for obj in queryset:
-            self._audit(request, obj, "deleted", [])
-        return super().log_deletions(request, queryset)
 
 
 # --- Plans and prices -----------------------------------------------------------------------
@@ -185,7 +158,7 @@ class PricePlanForm(forms.ModelForm):
 
 
 @admin.register(PricePlan)
-class PricePlanAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class PricePlanAdmin(admin.ModelAdmin):
     form = PricePlanForm
     inlines = [PriceInline]
     list_display = ["code", "version", "name", "currency", "interval", "in_use", "created_at"]
@@ -328,7 +301,7 @@ class PriceForm(forms.ModelForm):
 
 
 @admin.register(Price)
-class PriceAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class PriceAdmin(admin.ModelAdmin):
     form = PriceForm
     inlines = [PriceTierInline]
     list_display = ["plan", "meter", "model", "included_quantity", "minimum_minor"]
@@ -712,7 +685,7 @@ class InvoiceAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/invoicing/void_invoices.html", context)
 
 
-# --- Audit log and aggregates (read-only) ---------------------------------------------------
+# --- Aggregates (read-only) -----------------------------------------------------------------
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -724,33 +697,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-@admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnlyAdmin):
-    """The append-only log (the database refuses UPDATE and DELETE on it)."""
-
-    list_display = ["at", "actor", "action", "object_type", "object_id", "customer_external_id"]
-    list_filter = ["action"]
-    search_fields = ["=customer_external_id", "=object_id"]
-    date_hierarchy = "at"
-    fields = [
-        "at",
-        "actor",
-        "actor_id",
-        "action",
-        "object_type",
-        "object_id",
-        "customer_external_id",
-        "pretty_data",
-    ]
-    readonly_fields = fields
-    show_full_result_count = False
-
-    @admin.display(description="data")
-    def pretty_data(self, entry: AuditEntry) -> str:
-        text = json.dumps(entry.data, indent=2, sort_keys=True, ensure_ascii=False)
-        return format_html("<pre>{}</pre>", text)
 
 
 @admin.register(UsageAggregate)

@@ -5,7 +5,8 @@ Registered on the default admin site when imported (invoicing/admin.py imports i
 functions at the top are meant for InvoiceAdmin and its line inline too: Stripe ids as
 dashboard links, the delivery status, and an action that retries a failed delivery.
 Every action calls a service in invoicing.stripe (customers, invoices, usage_reports), which
-audits it with the user.
+audits it with the user; the admin site audits the meter mappings' edits
+(audit/audited_admin.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from invoicing.models import (
     UsageReport,
 )
 from invoicing.services import invoices
-from invoicing.services.audit import record_audit
 from invoicing.stripe import customers, usage_reports
 from invoicing.stripe import invoices as stripe_invoices
 from invoicing.stripe.client import dashboard_url
@@ -172,19 +172,6 @@ class StripeMeterMappingAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        record_audit(
-            action=f"admin.stripe_meter_mapping_{'changed' if change else 'added'}",
-            obj=obj,
-            user=request.user,
-            data={
-                "meter": obj.meter.code,
-                "event_name": obj.event_name,
-                "fields": form.changed_data,
-            },
-        )
 
 
 @admin.register(StripeInvoiceSync)

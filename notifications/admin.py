@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from invoicing.services.audit import record_audit
+from audit.services import record_audit
 from notifications import services
 from notifications.models import Notification, OperatorWebhook
 

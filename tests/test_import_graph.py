@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = ("billing_project", "metering", "invoicing", "notifications", "budgets", "portal")
+APPS = ("billing_project", "audit", "metering", "invoicing", "notifications", "budgets", "portal")
 
 IMPORT_ALL = """
 import importlib, json, pkgutil, sys

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "csp",
     "django_otp",
     "django_otp.plugins.otp_totp",
+    "audit",  # below every app of ours: they all append to its log
     "metering",
     "invoicing",
     "notifications",

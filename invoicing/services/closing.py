@@ -28,9 +28,11 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 
+from audit import services as audit
+from audit.models import AuditEntry
 from invoicing import hooks
 from invoicing.bulk import insert_rows
-from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine, PricePlan
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine, PricePlan
 from invoicing.pricing import (
     LineDraft,
     PricingRecord,
@@ -39,7 +41,7 @@ from invoicing.pricing import (
     usage_line,
 )
 from invoicing.rating import PriceSpec
-from invoicing.services import audit, subscriptions
+from invoicing.services import subscriptions
 from metering import aggregation
 from metering.models import Meter, UsageAggregate, UsageEvent
 

@@ -14,9 +14,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
+from audit.services import record_audit
 from invoicing import tasks
 from invoicing.models import Invoice, InvoiceNumberSequence, StripeInvoiceSync
-from invoicing.services.audit import record_audit
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 from django.db import transaction
 
+from audit.services import record_audit
 from invoicing.models import Price, PricePlan, PriceTier, Subscription
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
-from invoicing.services.audit import record_audit
 from metering.models import Meter
 
 

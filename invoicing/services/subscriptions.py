@@ -16,10 +16,10 @@ from django.db import connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from audit.services import record_audit
 from invoicing import periods
 from invoicing.bulk import insert_rows
 from invoicing.models import BillingPeriod, Interval, PricePlan, Subscription
-from invoicing.services.audit import record_audit
 from metering import services as metering_services
 from metering.models import Customer
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from django.db import transaction
 
+from audit.services import record_audit
 from invoicing.models import StripeCustomer
-from invoicing.services.audit import record_audit
 from invoicing.stripe import client, outbox
 from metering.models import Customer
 

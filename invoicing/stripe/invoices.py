@@ -19,9 +19,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from audit.services import record_audit
 from invoicing import tasks
 from invoicing.models import Invoice, InvoiceLine, StripeInvoiceSync
-from invoicing.services.audit import record_audit
 from invoicing.services.invoices import TransitionNotAllowed
 from invoicing.stripe import client, outbox
 from invoicing.stripe.customers import ensure_stripe_customer

@@ -21,9 +21,9 @@ from django.db import models, transaction
 from django.db.models import Count, Exists, Max, Min, OuterRef, Q, Sum
 from django.utils import timezone
 
+from audit.services import record_audit
 from invoicing import tasks
 from invoicing.models import StripeMeterMapping, UsageReport
-from invoicing.services.audit import record_audit
 from invoicing.stripe import client, outbox
 from invoicing.stripe.customers import ensure_stripe_customer
 from metering import aggregation

@@ -14,9 +14,9 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.services import record_audit
 from invoicing.models import Invoice, StripeWebhookEvent
 from invoicing.services import invoices as our_invoices
-from invoicing.services.audit import record_audit
 from invoicing.stripe import client
 from invoicing.stripe.invoices import STRIPE_TO_OURS, record_stripe_status
 

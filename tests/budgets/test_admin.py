@@ -8,8 +8,8 @@ import pytest
 import time_machine
 from django.contrib.auth.models import Group, User
 
+from audit.models import AuditEntry
 from budgets.models import BudgetCap, BudgetPeriodState
-from invoicing.models import AuditEntry
 from tests.invoicing.conftest import T0
 
 pytestmark = pytest.mark.django_db

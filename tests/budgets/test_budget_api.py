@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from audit.models import AuditEntry
 from budgets.models import BudgetAlert, BudgetCap, BudgetPeriodState
-from invoicing.models import AuditEntry
 from metering import services as metering_services
 from notifications.models import Notification
 from tests.invoicing.conftest import T0

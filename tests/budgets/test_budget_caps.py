@@ -7,10 +7,11 @@ from datetime import timedelta
 
 import pytest
 
+from audit.models import AuditEntry
 from budgets import tasks
 from budgets.models import BudgetAlert, BudgetPeriodState
 from invoicing import selectors
-from invoicing.models import AuditEntry, BillingPeriod
+from invoicing.models import BillingPeriod
 from metering.models import Customer, UsageEvent
 from tests.budgets.conftest import NOW, OPS_EMAILS, task_event
 from tests.invoicing.conftest import T0

@@ -14,8 +14,8 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from audit.models import AuditEntry
 from budgets.models import BudgetAlert, BudgetPeriodState
-from invoicing.models import AuditEntry
 from metering.models import Customer, UsageEvent
 from notifications.models import Notification, OperatorWebhook
 from tests.budgets.conftest import EVENTS_URL, OPS_EMAILS, task_event

@@ -14,9 +14,10 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from audit.models import AuditEntry
 from budgets import tasks
 from budgets.models import BudgetAlert, BudgetPeriodState
-from invoicing.models import AuditEntry, BillingPeriod
+from invoicing.models import BillingPeriod
 from metering.models import Customer, PortalMembership
 from notifications.models import Notification, OperatorWebhook
 from tests.budgets.conftest import NOW, T0, task_event

@@ -17,7 +17,8 @@ from decimal import Decimal
 from django.db import connection
 from django.db.models import Count
 
-from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine
+from audit.models import AuditEntry
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from metering.models import UsageEvent
 from notifications.models import Notification
 from tests.e2e.fleet import Ledger

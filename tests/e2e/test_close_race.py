@@ -11,7 +11,8 @@ import pytest
 from celery import Celery
 from django.utils import timezone
 
-from invoicing.models import AuditEntry, BillingPeriod, Invoice
+from audit.models import AuditEntry
+from invoicing.models import BillingPeriod, Invoice
 from invoicing.services import plans, subscriptions
 from invoicing.services.reconcile import reconcile
 from metering import services as metering_services

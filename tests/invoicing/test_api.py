@@ -10,7 +10,8 @@ import pytest
 import time_machine
 from rest_framework.test import APIClient
 
-from invoicing.models import AuditEntry, BillingPeriod, Invoice, PricePlan, Subscription
+from audit.models import AuditEntry
+from invoicing.models import BillingPeriod, Invoice, PricePlan, Subscription
 from invoicing.pricing import price_spec
 from invoicing.services import closing, invoices
 from metering import services as metering_services

@@ -12,8 +12,9 @@ import time_machine
 from django.db import connection
 from django.test import override_settings
 
+from audit.models import AuditEntry
 from invoicing import selectors
-from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.services import closing, invoices
 from invoicing.services.reconcile import reconcile
 from metering.models import UsageAggregate, UsageEvent

@@ -9,10 +9,11 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.test import override_settings
 
+from audit.models import AuditEntry
+from audit.services import build_audit_entry
 from invoicing.bulk import insert_rows
-from invoicing.models import AuditEntry, BillingPeriod, Invoice, InvoiceLine
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.services import closing, subscriptions
-from invoicing.services.audit import build_audit_entry
 from invoicing.services.reconcile import reconcile
 from metering import aggregation
 from metering.models import UsageAggregate, UsageEvent

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Group, User
 
-from invoicing.models import AuditEntry
+from audit.models import AuditEntry
 from invoicing.services import closing
 from notifications.models import Notification
 from notifications.services import queue_usage_summaries

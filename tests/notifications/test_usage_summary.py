@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from invoicing.models import AuditEntry, Invoice
+from audit.models import AuditEntry
+from invoicing.models import Invoice
 from invoicing.services import closing, invoices
 from metering.currencies import format_minor
 from metering.serializers import decimal_text

@@ -18,10 +18,11 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from audit.models import AuditEntry
 from budgets import services as budget_services
 from budgets.models import BudgetCap, BudgetPeriodState
 from invoicing.demo import DEMO_PRICES
-from invoicing.models import AuditEntry, BillingPeriod, Invoice
+from invoicing.models import BillingPeriod, Invoice
 from invoicing.pricing import plan_price_specs
 from invoicing.rating import rate
 from invoicing.services import closing, plans, subscriptions

@@ -8,7 +8,8 @@ import pytest
 from django.urls import reverse
 
 import invoicing.stripe_admin as stripe_admin
-from invoicing.models import AuditEntry, StripeCustomer, StripeInvoiceSync, UsageReport
+from audit.models import AuditEntry
+from invoicing.models import StripeCustomer, StripeInvoiceSync, UsageReport
 from invoicing.stripe import customers
 from tests.invoicing.stripe.conftest import finalize
 

@@ -10,8 +10,9 @@ from celery.exceptions import Retry
 from django.db import transaction
 from django.utils import timezone
 
+from audit.models import AuditEntry
 from invoicing import tasks
-from invoicing.models import AuditEntry, Invoice, InvoiceLine, StripeCustomer, StripeInvoiceSync
+from invoicing.models import Invoice, InvoiceLine, StripeCustomer, StripeInvoiceSync
 from invoicing.stripe import customers, reconcile
 from invoicing.stripe import invoices as stripe_invoices
 from tests.invoicing.stripe.conftest import finalize, our_lines, stripe_lines

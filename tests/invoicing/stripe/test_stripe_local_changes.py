@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 from celery.exceptions import Retry
 
+from audit.models import AuditEntry
 from invoicing import tasks
-from invoicing.models import AuditEntry, Invoice, StripeInvoiceSync
+from invoicing.models import Invoice, StripeInvoiceSync
 from invoicing.services import invoices
 from invoicing.stripe import reconcile
 from tests.invoicing.conftest import T0

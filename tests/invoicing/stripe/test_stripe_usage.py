@@ -10,8 +10,9 @@ import pytest
 from celery.exceptions import Retry
 from django.utils import timezone
 
+from audit.models import AuditEntry
 from invoicing import tasks
-from invoicing.models import AuditEntry, StripeCustomer, StripeMeterMapping, UsageReport
+from invoicing.models import StripeCustomer, StripeMeterMapping, UsageReport
 from invoicing.services import closing
 from invoicing.stripe import outbox, reconcile, usage_reports
 from invoicing.stripe.usage_reports import report_identifier

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from invoicing.models import AuditEntry, Invoice, StripeInvoiceSync, StripeWebhookEvent
+from audit.models import AuditEntry
+from invoicing.models import Invoice, StripeInvoiceSync, StripeWebhookEvent
 from tests.invoicing.stripe.conftest import finalize
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from invoicing.models import AuditEntry
-from invoicing.services.audit import record_audit
+from audit.models import AuditEntry
+from audit.services import record_audit
 
 pytestmark = pytest.mark.django_db
 INSUFFICIENT_PRIVILEGE = "42501"  # the SQLSTATE the trigger raises

@@ -1,17 +1,28 @@
-"""The append-only audit log: every period close, invoice transition and finance action."""
+"""Appending to the audit log: every period close, invoice transition and finance action.
+
+`record_audit` appends one entry now; `build_audit_entry` makes one for a caller that saves
+many at once; `system_entry_columns` gives system entries column-wise for the bulk INSERT of
+a period close. `tracking_user_entries` tells the admin which entries the services it called
+appended with a user, so an admin action is audited once (see audit.audited_admin).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
-from invoicing.models import AuditEntry
+from audit.models import AuditEntry
 
 SYSTEM = "system"
+
+# The entries appended with a user inside the innermost `tracking_user_entries` block.
+_user_entries: ContextVar[list[AuditEntry] | None] = ContextVar("audit_user_entries", default=None)
 
 
 def build_audit_entry(
@@ -67,4 +78,33 @@ def record_audit(
         action=action, obj=obj, user=user, customer_external_id=customer_external_id, data=data
     )
     entry.save()
+    _track([entry])
     return entry
+
+
+def record_audit_entries(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """Append entries made by build_audit_entry, in one INSERT."""
+    saved = AuditEntry.objects.bulk_create(entries)
+    _track(saved)
+    return saved
+
+
+@contextmanager
+def tracking_user_entries() -> Iterator[list[AuditEntry]]:
+    """Collect the entries appended with a user (not by the system) inside the block, in this
+    thread or task; an enclosing block sees them too."""
+    outer = _user_entries.get()
+    collected: list[AuditEntry] = []
+    token = _user_entries.set(collected)
+    try:
+        yield collected
+    finally:
+        _user_entries.reset(token)
+        if outer is not None:
+            outer.extend(collected)
+
+
+def _track(entries: Sequence[AuditEntry]) -> None:
+    collected = _user_entries.get()
+    if collected is not None:
+        collected.extend(entry for entry in entries if entry.actor_id is not None)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from http import HTTPStatus
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import record_audit
+from billing_project.errors import DomainError
 from budgets import messages, rules, selectors
 from budgets.models import BudgetAlert, BudgetCap, BudgetPeriodState
 from budgets.selectors import BudgetStatus
@@ -33,13 +35,20 @@ from metering.models import Customer
 logger = logging.getLogger(__name__)
 
 
-class NothingPaused(Exception):
-    """An acknowledgement arrived while the customer is not paused."""
+class NothingPaused(DomainError):
+    """An acknowledgement arrived while the customer is not paused (409)."""
+
+    status = HTTPStatus.CONFLICT
+    code = "nothing_paused"
 
 
-class BudgetInvalid(Exception):
+class BudgetInvalid(DomainError):
+    """The budget cannot be stored (422); `errors` maps a field to its message."""
+
+    code = "invalid_budget"
+
     def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        super().__init__(fields=errors)
         self.errors = errors
 
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
-from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing_project.api_errors import ErrorOutput
 from budgets import selectors, services
 from budgets.serializers import AllowanceOutput, BudgetInput, BudgetOutput
 from invoicing.views import customer_for_request
 from metering.authentication import HasApiKey
-from metering.serializers import ErrorOutput
 
 
 class AllowanceView(APIView):
@@ -76,15 +75,9 @@ class AcknowledgeView(APIView):
     )
     def post(self, request: Request, customer_id: str) -> Response:
         customer = customer_for_request(request, customer_id)
-        try:
-            state = services.acknowledge_pause(
-                customer=customer,
-                now=timezone.now(),
-                actor_label=f"api key {request.auth.prefix}",
-            )
-        except services.NothingPaused as exc:
-            return Response(
-                {"errors": [{"index": None, "field": None, "message": str(exc)}]},
-                status=status.HTTP_409_CONFLICT,
-            )
+        state = services.acknowledge_pause(  # services.NothingPaused: 409
+            customer=customer,
+            now=timezone.now(),
+            actor_label=f"api key {request.auth.prefix}",
+        )
         return Response(BudgetOutput(state).data)

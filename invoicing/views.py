@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing_project.api_errors import ErrorOutput
 from invoicing import selectors
 from invoicing.serializers import (
     CustomerWithPlanInput,
@@ -22,7 +23,7 @@ from invoicing.services import plans, subscriptions
 from metering import selectors as metering_selectors
 from metering.authentication import HasApiKey, IsServiceWideKey
 from metering.models import Customer
-from metering.serializers import CustomerOutput, ErrorOutput
+from metering.serializers import CustomerOutput
 
 
 def customer_for_request(request: Request, customer_id: str) -> Customer:
@@ -60,25 +61,16 @@ class CustomersView(APIView):
         if "plan" in data:
             plan = plans.latest_plan(data["plan"])
             if plan is None:
-                return Response(
-                    {"errors": [{"index": None, "field": "plan", "message": "unknown plan"}]},
-                    status=status.HTTP_422_UNPROCESSABLE_ENTITY,
-                )
-        try:
-            customer, created = subscriptions.provision_customer(
-                external_id=data["customer_id"],
-                name=data.get("name"),
-                emails=data.get("emails"),
-                currency=data.get("currency"),
-                timezone_name=data.get("timezone"),
-                plan=plan,
-                now=timezone.now(),
-            )
-        except subscriptions.SubscriptionInvalid as exc:
-            return Response(
-                {"errors": [{"index": None, "field": exc.field, "message": str(exc)}]},
-                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
-            )
+                raise subscriptions.SubscriptionInvalid("unknown plan", field="plan")
+        customer, created = subscriptions.provision_customer(
+            external_id=data["customer_id"],
+            name=data.get("name"),
+            emails=data.get("emails"),
+            currency=data.get("currency"),
+            timezone_name=data.get("timezone"),
+            plan=plan,
+            now=timezone.now(),
+        )
         return Response(
             CustomerOutput(customer).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
@@ -99,26 +91,16 @@ class PlansView(APIView):
         serializer = PlanInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
-            plan = plans.create_plan_version(
-                code=data["code"],
-                name=data["name"],
-                currency=data["currency"],
-                interval=data["interval"],
-                prices=[
-                    plans.PriceInput(meter=item["meter"], spec=plans.spec_from_json(item))
-                    for item in data["prices"]
-                ],
-            )
-        except plans.PlanInvalid as exc:
-            return Response(
-                {
-                    "errors": [
-                        {"index": None, "field": k, "message": v} for k, v in exc.errors.items()
-                    ]
-                },
-                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
-            )
+        plan = plans.create_plan_version(
+            code=data["code"],
+            name=data["name"],
+            currency=data["currency"],
+            interval=data["interval"],
+            prices=[
+                plans.PriceInput(meter=item["meter"], spec=plans.spec_from_json(item))
+                for item in data["prices"]
+            ],
+        )
         return Response(PlanOutput(plan).data, status=status.HTTP_201_CREATED)
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+from billing_project.errors import BadRequest
+
 MAX_BATCH = 1000
 MAX_EVENT_ID_LENGTH = 128
 MAX_QUANTITY = Decimal(10) ** 12
@@ -46,8 +48,13 @@ _RFC3339_RE = re.compile(
 _JSON_NUL_RE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-class BodyError(Exception):
+class BodyError(BadRequest):
     """The body as a whole is unusable (400): not JSON, or not a JSON object."""
+
+    code = "malformed_body"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="body")
 
 
 @dataclass(frozen=True, slots=True)

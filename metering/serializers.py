@@ -74,16 +74,6 @@ class IngestionOutput(serializers.Serializer):
     customers = serializers.DictField(child=CustomerStatusOutput())
 
 
-class ErrorItem(serializers.Serializer):
-    index = serializers.IntegerField(allow_null=True)
-    field = serializers.CharField(allow_null=True)
-    message = serializers.CharField()
-
-
-class ErrorOutput(serializers.Serializer):
-    errors = ErrorItem(many=True)
-
-
 def decimal_text(value: Decimal) -> str:
     """An exact decimal as plain text without exponent or trailing zeros: 1500.000000 -> 1500."""
     text = format(value, "f")

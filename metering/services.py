@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing_project.db import server_binding_cursor
+from billing_project.errors import DomainError
 from metering import aggregation, event_parsing, event_store
 from metering.event_parsing import EventInput, FieldError
 from metering.event_store import EventRow
@@ -29,11 +30,14 @@ CONFLICT = event_store.CONFLICT
 _DEADLOCK_RETRIES = 3
 
 
-class IngestionRejected(Exception):
-    """The request is invalid as a whole (422); nothing was stored."""
+class IngestionRejected(DomainError):
+    """The request is invalid as a whole (422), each problem named by its event's index and
+    field; nothing was stored."""
+
+    code = "invalid_events"
 
     def __init__(self, errors: Sequence[FieldError]) -> None:
-        super().__init__(f"{len(errors)} invalid field(s)")
+        super().__init__(f"{len(errors)} invalid field(s)", details=errors)
         self.errors = list(errors)
 
 

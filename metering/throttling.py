@@ -4,7 +4,7 @@
 Each API key has a counter per scope and fixed window (`BILLING_RATE_LIMITS`: `events` for
 ingestion, `reads` for GET on the other endpoints, `writes` for their POST/PUT), keyed by the
 key's id, never its text. A request over the limit is answered 429 with `Retry-After`, the
-whole seconds until the window ends (metering/api_errors.py renders the body). When the cache
+whole seconds until the window ends (billing_project/api_errors.py renders the body). When the cache
 cannot be reached the request is let through and the failure logged: a cache outage must
 never stop ingestion.
 """

@@ -14,11 +14,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing_project.api_errors import ErrorOutput
+from billing_project.errors import RequestTooLarge, UnsupportedContentType
 from metering import event_parsing, hooks, selectors, services
-from metering.api_errors import error_body
 from metering.authentication import HasApiKey
 from metering.parsers import FastJSONRenderer
-from metering.serializers import ErrorOutput, IngestionOutput, MeterOutput
+from metering.serializers import IngestionOutput, MeterOutput
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,21 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json"
 
 
+def _read_body(request: Request) -> bytes:
+    """The raw body, refused (413) above BILLING_MAX_BODY_BYTES, declared or read."""
+    too_big = RequestTooLarge(f"body must be at most {settings.BILLING_MAX_BODY_BYTES} bytes")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > settings.BILLING_MAX_BODY_BYTES:
+        raise too_big
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise too_big from None
+
+
 class IngestEventsView(APIView):
     """`POST /api/v1/events`: one event, or `{"events": [...]}` with 1 to 1,000 events."""
 
@@ -70,42 +86,16 @@ class IngestEventsView(APIView):
         examples=[OpenApiExample("one event", value=_EVENT_EXAMPLE, request_only=True)],
     )
     def post(self, request: Request) -> Response:
+        # Errors are raised (billing_project.errors) and answered by the API's handler.
         if not _is_json(request.META.get("CONTENT_TYPE", "")):
-            return Response(
-                error_body("Content-Type must be application/json", field="content-type"),
-                status=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            raise UnsupportedContentType(
+                "Content-Type must be application/json", field="content-type"
             )
-        too_big = Response(
-            error_body(f"body must be at most {settings.BILLING_MAX_BODY_BYTES} bytes"),
-            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-        )
-        try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
-        if declared > settings.BILLING_MAX_BODY_BYTES:
-            return too_big
-        try:
-            raw = request.body
-        except RequestDataTooBig:
-            return too_big
-        try:
-            body = event_parsing.decode_body(raw)
-            raw_events, is_batch, errors = event_parsing.split_events(body)
-        except event_parsing.BodyError as exc:
-            return Response(error_body(str(exc), field="body"), status=status.HTTP_400_BAD_REQUEST)
+        body = event_parsing.decode_body(_read_body(request))
+        raw_events, is_batch, errors = event_parsing.split_events(body)
         if errors:
-            return Response(
-                {"errors": [e.as_dict() for e in errors]},
-                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
-            )
-        try:
-            result = services.record_usage_events(api_key=request.auth, raw_events=raw_events)
-        except services.IngestionRejected as exc:
-            return Response(
-                {"errors": [e.as_dict() for e in exc.errors]},
-                status=status.HTTP_422_UNPROCESSABLE_ENTITY,
-            )
+            raise services.IngestionRejected(errors)
+        result = services.record_usage_events(api_key=request.auth, raw_events=raw_events)
         conflicts = result.count(services.CONFLICT)
         payload = {
             "accepted": result.count(services.ACCEPTED),

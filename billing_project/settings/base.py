@@ -205,7 +205,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["metering.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "metering.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "billing_project.api_errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["metering.throttling.ApiKeyRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }

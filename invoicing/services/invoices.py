@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from http import HTTPStatus
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -15,6 +16,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 
 from audit.services import record_audit
+from billing_project.errors import DomainError
 from invoicing import tasks
 from invoicing.models import Invoice, InvoiceNumberSequence, StripeInvoiceSync
 
@@ -30,8 +32,11 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-class TransitionNotAllowed(Exception):
-    """The invoice is not in a state that allows the requested change."""
+class TransitionNotAllowed(DomainError):
+    """The invoice is not in a state that allows the requested change (409)."""
+
+    status = HTTPStatus.CONFLICT
+    code = "transition_not_allowed"
 
 
 def _next_number(year: int) -> str:

@@ -8,16 +8,19 @@ from decimal import Decimal
 from django.db import transaction
 
 from audit.services import record_audit
+from billing_project.errors import DomainError
 from invoicing.models import Price, PricePlan, PriceTier, Subscription
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
 from metering.models import Meter
 
 
-class PlanInvalid(Exception):
-    """The plan cannot be stored; `errors` maps a field path to its message."""
+class PlanInvalid(DomainError):
+    """The plan cannot be stored (422); `errors` maps a field path to its message."""
+
+    code = "invalid_plan"
 
     def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        super().__init__(fields=errors)
         self.errors = errors
 
 

@@ -17,6 +17,7 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from audit.services import record_audit
+from billing_project.errors import DomainError
 from invoicing import periods
 from invoicing.bulk import insert_rows
 from invoicing.models import BillingPeriod, Interval, PricePlan, Subscription
@@ -27,12 +28,13 @@ from metering.models import Customer
 MAX_PERIODS_PER_RUN = 1000
 
 
-class SubscriptionInvalid(Exception):
-    """The customer cannot be put on the plan; `field` names the input at fault."""
+class SubscriptionInvalid(DomainError):
+    """The customer cannot be put on the plan (422); `field` names the input at fault."""
+
+    code = "invalid_subscription"
 
     def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
 
 
 def default_anchor(*, interval: str, tz: str, now: datetime) -> datetime:

@@ -26,6 +26,8 @@ import stripe
 from django.conf import settings
 from django.db import connection
 
+from billing_project.errors import BadRequest
+
 # Stripe answers a repeated meter-event identifier with a 400 starting with this message.
 DUPLICATE_METER_EVENT = "An event already exists with identifier"
 
@@ -56,8 +58,13 @@ class CardDeclined(PermanentStripeError):
     """A payment attempt failed (402): the invoice stays open in Stripe, which keeps trying."""
 
 
-class InvalidWebhook(Exception):
-    """The webhook's signature is missing, wrong or stale, or its body is not an event."""
+class InvalidWebhook(BadRequest):
+    """The webhook's signature is missing, wrong or stale, or its body is not an event (400)."""
+
+    code = "invalid_webhook"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"invalid webhook: {detail}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 from django.apps import apps
-from django.contrib.auth.models import Group, Permission
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import Group, Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 from django.db.migrations.loader import MigrationLoader
@@ -76,7 +77,7 @@ def test_moving_the_content_type_keeps_the_grants():
     assert Group.objects.get(name="Finance").permissions.filter(pk=view.pk).exists()
 
 
-def test_when_both_types_exist_the_grants_move_to_the_new_one():
+def test_when_both_types_exist_the_grants_and_history_move_to_the_new_one():
     new = ContentType.objects.get(app_label="audit", model="auditentry")
     old = ContentType.objects.create(app_label="invoicing", model="auditentry")
     old_view = Permission.objects.create(
@@ -84,6 +85,10 @@ def test_when_both_types_exist_the_grants_move_to_the_new_one():
     )
     auditors = Group.objects.create(name="Auditors")
     auditors.permissions.add(old_view)
+    viewer = User.objects.create_user("vic")
+    history = LogEntry.objects.create(
+        user=viewer, content_type=old, object_id="1", object_repr="entry", action_flag=CHANGE
+    )
 
     _forwards()
 
@@ -91,3 +96,5 @@ def test_when_both_types_exist_the_grants_move_to_the_new_one():
     assert list(auditors.permissions.values_list("content_type", "codename")) == [
         (new.pk, "view_auditentry")
     ]
+    history.refresh_from_db()
+    assert history.content_type_id == new.pk

@@ -2,8 +2,10 @@
 
 Stripe authenticates itself with the `Stripe-Signature` header (HMAC-SHA256 of the timestamp
 and body with the endpoint secret), so the view takes no API key and no CSRF token. A bad or
-stale signature gets 400 (the API's error shape) and changes nothing; a replayed event gets
-200 and changes nothing.
+stale signature, or a signed body that is not an event we understand (invoicing.stripe.webhooks
+says which), gets 400 (the API's error shape) and changes nothing; an understood event is
+stored and gets 200, as does a replayed one, which changes nothing. Never a 500: Stripe retries
+those and disables endpoints that keep failing.
 """
 
 from __future__ import annotations

@@ -72,6 +72,15 @@ def draft_invoice(subscribed, record, stripe_backend):
     return Invoice.objects.get(period__start=T0)
 
 
+@pytest.fixture
+def open_invoice(draft_invoice, settings, fake_stripe):  # noqa: F811
+    """Delivered with send_invoice, so the Stripe invoice stays open until we change it."""
+    settings.STRIPE_COLLECTION_METHOD = "send_invoice"
+    invoice = finalize(draft_invoice)
+    assert fake_stripe.invoices[invoice.stripe_invoice_id]["status"] == "open"
+    return invoice
+
+
 def finalize(invoice):
     """Finalize (numbering, audit); the delivery task runs when that commits (eager Celery)."""
     invoices.finalize_invoice(invoice_id=invoice.pk, now=T0 + H + timedelta(minutes=1))

@@ -10,18 +10,8 @@ import pytest
 
 from audit.models import AuditEntry
 from invoicing.models import Invoice, StripeInvoiceSync, StripeWebhookEvent
-from tests.invoicing.stripe.conftest import finalize
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def open_invoice(draft_invoice, settings, fake_stripe):
-    """Delivered with send_invoice, so the Stripe invoice stays open until we change it."""
-    settings.STRIPE_COLLECTION_METHOD = "send_invoice"
-    invoice = finalize(draft_invoice)
-    assert fake_stripe.invoices[invoice.stripe_invoice_id]["status"] == "open"
-    return invoice
 
 
 def state(invoice):

@@ -105,12 +105,23 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
+    # Django's SQLite backend with exact decimals (text columns, exact sums): see
+    # billing_project/sqlite.
+    DATABASES["default"]["ENGINE"] = "billing_project.sqlite"
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    _sqlite_name = str(DATABASES["default"]["NAME"])
+    if _sqlite_name and ":memory:" not in _sqlite_name and not _sqlite_name.startswith("file:"):
+        # Tests get a file beside it, not Django's shared in-memory database, whose table
+        # locks fail concurrent transactions at once instead of making them wait.
+        _sqlite_path = Path(_sqlite_name)
+        DATABASES["default"]["TEST"] = {
+            "NAME": str(_sqlite_path.with_name(f"test_{_sqlite_path.name}"))
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache ------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ a window for a customer therefore covers exactly the events with `timestamp` in 
 (event_pk_after, event_pk_through]. An event that arrives after the close (a late event) has a
 higher id and is billed by the next close, as an adjustment; no event is updated, none is billed
 twice, and from an event one query finds its aggregate (and the invoice line), and back.
+
+How each meter's events aggregate into its quantity (sum, count, max, latest, unique_count) is
+defined in metering/aggregations.py; the functions here apply it to windows and record it.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Count, Max, Min, QuerySet, Sum
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models import Max, Min, QuerySet
 
+from metering import aggregations
 from metering.models import Meter, UsageAggregate, UsageEvent, UsageRollup
 
 _LOCK_NAMESPACE = 0x4D45  # "ME": keeps our advisory locks apart from anyone else's
@@ -113,51 +116,19 @@ def summarize_window(
     the quantity over events with id <= through, the new ones those with id > after."""
     events = _events(customer_id, start, end, through=through)
     meters = meters if meters is not None else {m.pk: m for m in Meter.objects.all()}
-    totals = {
-        row["meter_id"]: row
-        for row in events.values("meter_id").annotate(
-            total=Sum("quantity"), n=Count("id"), top=Max("quantity")
-        )
-    }
-    new = {
-        row["meter_id"]: row
-        for row in events.filter(pk__gt=after)
-        .values("meter_id")
-        .annotate(n=Count("id"), first=Min("timestamp"), last=Max("timestamp"))
-    }
+    totals = aggregations.measure_events(events, aggregations=aggregations.of_meters(meters))
+    new = aggregations.summarize_events(events.filter(pk__gt=after))
     result: dict[int, WindowUsage] = {}
-    for meter_id, row in totals.items():
-        fresh = new.get(meter_id, {})
+    for (meter_id,), usage in totals.items():
+        fresh = new.get((meter_id,))
         result[meter_id] = WindowUsage(
             meter_id=meter_id,
-            quantity=_quantity(meters[meter_id], events.filter(meter_id=meter_id), row),
-            new_count=fresh.get("n", 0),
-            new_first=fresh.get("first"),
-            new_last=fresh.get("last"),
+            quantity=usage.quantity,
+            new_count=fresh.count if fresh else 0,
+            new_first=fresh.first_at if fresh else None,
+            new_last=fresh.last_at if fresh else None,
         )
     return result
-
-
-def _quantity(meter: Meter, events: QuerySet[UsageEvent], row: dict) -> Decimal:
-    aggregation = meter.aggregation
-    if aggregation == Meter.Aggregation.SUM:
-        return row["total"] or Decimal(0)
-    if aggregation == Meter.Aggregation.COUNT:
-        return Decimal(row["n"])
-    if aggregation == Meter.Aggregation.MAX:
-        return row["top"] or Decimal(0)
-    if aggregation == Meter.Aggregation.UNIQUE_COUNT:
-        values = (
-            events.annotate(value=KeyTextTransform(meter.unique_property, "properties"))
-            .exclude(value=None)
-            .values("value")
-            .distinct()
-        )
-        return Decimal(values.count())
-    if aggregation == Meter.Aggregation.LATEST:
-        latest = events.order_by("-timestamp", "-id").values_list("quantity", flat=True).first()
-        return latest if latest is not None else Decimal(0)
-    raise ValueError(f"unknown aggregation {aggregation!r}")
 
 
 def bill_usage_window(
@@ -268,7 +239,7 @@ def events_of_aggregate(aggregate: UsageAggregate) -> QuerySet[UsageEvent]:
 
 
 def _ceil_hour(instant: datetime) -> datetime:
-    floor = instant.replace(minute=0, second=0, microsecond=0)
+    floor = aggregations.rollup_hour(instant)
     return floor if floor == instant else floor + timedelta(hours=1)
 
 
@@ -277,13 +248,14 @@ def window_quantities(
 ) -> dict[int, Decimal]:
     """Each meter's aggregated quantity in [start, end), read from the hourly rollups.
 
-    Whole UTC hours come from rollups; the partial hours at the edges (periods aligned to a
-    zone with a :30 or :45 offset) and unique_count meters (not additive) come from events.
-    The result equals `summarize_window(...)[m].quantity` for every meter (reconcile and the
-    tests check it), at a cost that does not grow with the number of events.
+    Whole UTC hours come from rollups, merged with the events of the partial hours at the
+    edges (periods aligned to a zone with a :30 or :45 offset); unique_count meters (not
+    mergeable) are counted over the window's events. The result equals
+    `summarize_window(...)[m].quantity` for every meter (reconcile and the tests check it),
+    at a cost that does not grow with the number of events.
     """
     start, end = start.astimezone(UTC), end.astimezone(UTC)
-    inner_start, inner_end = _ceil_hour(start), end.replace(minute=0, second=0, microsecond=0)
+    inner_start, inner_end = _ceil_hour(start), aggregations.rollup_hour(end)
     if inner_start >= inner_end:
         return {
             m: u.quantity
@@ -291,69 +263,24 @@ def window_quantities(
                 customer_id=customer_id, start=start, end=end, meters=meters
             ).items()
         }
-
-    parts: dict[int, dict[str, object]] = {}
-
-    def merge(meter_id: int, total, count, top, latest: tuple | None) -> None:
-        acc = parts.setdefault(meter_id, {"sum": Decimal(0), "n": 0, "max": None, "latest": None})
-        acc["sum"] += total or Decimal(0)
-        acc["n"] += count or 0
-        if top is not None and (acc["max"] is None or top > acc["max"]):
-            acc["max"] = top
-        if latest is not None and (acc["latest"] is None or latest[:2] > acc["latest"][:2]):
-            acc["latest"] = latest
-
+    kinds = aggregations.of_meters(meters)
+    latest_of = [pk for pk, kind in kinds.items() if kind.uses_latest]
     rollups = UsageRollup.objects.filter(
         customer_id=customer_id, hour__gte=inner_start, hour__lt=inner_end
     )
-    for row in rollups.values("meter_id").annotate(
-        total=Sum("quantity"), n=Sum("event_count"), top=Max("max_quantity")
-    ):
-        merge(row["meter_id"], row["total"], row["n"], row["top"], None)
-    latest_rows = rollups.order_by("meter_id", "-latest_at", "-latest_event_pk").values_list(
-        "meter_id", "latest_at", "latest_event_pk", "latest_quantity"
-    )
-    if connection.vendor == "postgresql":
-        latest_rows = latest_rows.distinct("meter_id")
-    seen: set[int] = set()
-    for meter_id, at, pk, quantity in latest_rows:
-        if meter_id not in seen:
-            seen.add(meter_id)
-            merge(meter_id, None, None, None, (at, pk, quantity))
-
+    parts = [aggregations.summarize_rollups(rollups, latest_of=latest_of)]
     for edge_start, edge_end in ((start, inner_start), (inner_end, end)):
-        if edge_start >= edge_end:
-            continue
-        edge = _events(customer_id, edge_start, edge_end)
-        for row in edge.values("meter_id").annotate(
-            total=Sum("quantity"), n=Count("id"), top=Max("quantity")
-        ):
-            merge(row["meter_id"], row["total"], row["n"], row["top"], None)
-        for meter_id in {row["meter_id"] for row in edge.values("meter_id").distinct()}:
-            last = (
-                edge.filter(meter_id=meter_id)
-                .order_by("-timestamp", "-id")
-                .values_list("timestamp", "id", "quantity")
-                .first()
-            )
-            merge(meter_id, None, None, None, last)
-
-    result: dict[int, Decimal] = {}
-    for meter_id, acc in parts.items():
-        aggregation = meters[meter_id].aggregation
-        if aggregation == Meter.Aggregation.SUM:
-            result[meter_id] = acc["sum"]
-        elif aggregation == Meter.Aggregation.COUNT:
-            result[meter_id] = Decimal(acc["n"])
-        elif aggregation == Meter.Aggregation.MAX:
-            result[meter_id] = acc["max"] or Decimal(0)
-        elif aggregation == Meter.Aggregation.LATEST:
-            result[meter_id] = acc["latest"][2] if acc["latest"] else Decimal(0)
-        else:  # unique_count: distinct values are not additive across hours
-            result[meter_id] = _quantity(
-                meters[meter_id], _events(customer_id, start, end).filter(meter_id=meter_id), {}
-            )
-    return result
+        if edge_start < edge_end:
+            edge = _events(customer_id, edge_start, edge_end)
+            parts.append(aggregations.summarize_events(edge, latest_of=latest_of))
+    partials = aggregations.merge_partials(*parts)
+    present = {meter_id for (meter_id,) in partials}
+    distinct = aggregations.count_distinct(
+        _events(customer_id, start, end),
+        aggregations={pk: kind for pk, kind in kinds.items() if pk in present},
+    )
+    quantities = aggregations.read_quantities(partials, aggregations=kinds, distinct=distinct)
+    return {meter_id: quantity for (meter_id,), quantity in quantities.items()}
 
 
 def summarize_customers(
@@ -370,61 +297,19 @@ def summarize_customers(
     events = UsageEvent.objects.filter(
         customer_id__in=customer_ids, timestamp__gte=start, timestamp__lt=end, pk__lte=through
     )
-    rows = events.values("customer_id", "meter_id").annotate(
-        total=Sum("quantity"),
-        n=Count("id"),
-        top=Max("quantity"),
-        first=Min("timestamp"),
-        last=Max("timestamp"),
+    usage = aggregations.measure_events(
+        events, aggregations=aggregations.of_meters(meters), group_by=("customer_id",)
     )
-    by_kind: dict[str, list[int]] = {}
-    for meter in meters.values():
-        by_kind.setdefault(meter.aggregation, []).append(meter.pk)
-    latest: dict[tuple[int, int], Decimal] = {}
-    if by_kind.get(Meter.Aggregation.LATEST):
-        ordered = events.filter(meter_id__in=by_kind[Meter.Aggregation.LATEST]).order_by(
-            "customer_id", "meter_id", "-timestamp", "-id"
+    return {
+        (customer_id, meter_id): WindowUsage(
+            meter_id=meter_id,
+            quantity=found.quantity,
+            new_count=found.count,
+            new_first=found.first_at,
+            new_last=found.last_at,
         )
-        if connection.vendor == "postgresql":
-            ordered = ordered.distinct("customer_id", "meter_id")
-        for customer_id, meter_id, quantity in ordered.values_list(
-            "customer_id", "meter_id", "quantity"
-        ):
-            latest.setdefault((customer_id, meter_id), quantity)
-    unique: dict[tuple[int, int], Decimal] = {}
-    for meter_id in by_kind.get(Meter.Aggregation.UNIQUE_COUNT, []):
-        counted = (
-            events.filter(meter_id=meter_id)
-            .annotate(value=KeyTextTransform(meters[meter_id].unique_property, "properties"))
-            .exclude(value=None)
-            .values("customer_id")
-            .annotate(n=Count("value", distinct=True))
-        )
-        for row in counted:
-            unique[(row["customer_id"], meter_id)] = Decimal(row["n"])
-
-    result: dict[tuple[int, int], WindowUsage] = {}
-    for row in rows:
-        key = (row["customer_id"], row["meter_id"])
-        aggregation = meters[row["meter_id"]].aggregation
-        if aggregation == Meter.Aggregation.SUM:
-            quantity = row["total"] or Decimal(0)
-        elif aggregation == Meter.Aggregation.COUNT:
-            quantity = Decimal(row["n"])
-        elif aggregation == Meter.Aggregation.MAX:
-            quantity = row["top"] or Decimal(0)
-        elif aggregation == Meter.Aggregation.LATEST:
-            quantity = latest.get(key, Decimal(0))
-        else:
-            quantity = unique.get(key, Decimal(0))
-        result[key] = WindowUsage(
-            meter_id=row["meter_id"],
-            quantity=quantity,
-            new_count=row["n"],
-            new_first=row["first"],
-            new_last=row["last"],
-        )
-    return result
+        for (customer_id, meter_id), found in usage.items()
+    }
 
 
 def late_customers(

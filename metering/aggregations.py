@@ -1,0 +1,450 @@
+"""How a meter aggregates its usage: sum, count, max, latest and unique_count, defined once.
+
+A meter's quantity over a window (DESIGN section 2) is, by its `aggregation`:
+
+- `sum`: the sum of its events' quantities;
+- `count`: the number of its events (an event may leave its quantity out: 1);
+- `max`: the largest quantity;
+- `latest`: the quantity of the latest event (by timestamp, then event id);
+- `unique_count`: the number of distinct values of one property (`Meter.unique_property`).
+
+Each is one `Aggregation` object here (`of(meter)` gives a meter's), and everything that
+computes a quantity calls this module: ingestion (the hourly rollups: their SQL is generated
+here), the close and reconcile (over events, through `metering.aggregation`), the usage
+preview, allowance and budget check (over rollups), the portal's charts and breakdown, and
+Stripe usage reports.
+
+Partial results. The first four are mergeable: a group of events is summarized by a `Partial`
+(total, count, top, latest), two partials merge into the partial of both groups, and the
+quantity is read off a partial. The hourly rollups are partials, one per (customer, meter, UTC
+hour); a window's quantity merges the rollups of its whole hours with the partials of the
+events at its edges. unique_count is not mergeable (distinct values do not add up across
+hours): it is counted over events.
+
+Additive aggregations (sum, count): a window's quantity is the sum of its parts' quantities,
+so they are reported to Stripe as increments, and extrapolated over a period.
+
+Groups. The queries return one result per (*group_by, meter_id), `group_by` naming fields or
+annotations of the queryset given (a customer, a local day, a property's value): grouping
+usage by more (event dimensions) is more names in that list, nothing else.
+
+Decimals are summed and compared exactly on both engines (`billing_project.db.DecimalSum` and
+`DecimalMax`; on SQLite decimals are text and those are exact functions).
+
+Importable without Django configured (the ingestion benchmark builds its SQL from here).
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from django.db.models import CharField, Count, F, Max, Min, QuerySet, Sum, Window
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, RowNumber
+
+from billing_project.db import DecimalMax, DecimalSum, decimal_add_sql, decimal_greatest_sql
+
+if TYPE_CHECKING:
+    from metering.models import Meter
+
+ZERO = Decimal(0)
+_EXACT = decimal.Context(prec=60)  # sums of stored quantities never round here
+
+Key = tuple[Any, ...]  # (*group values, meter_id)
+
+
+# --- Partial results -------------------------------------------------------------------------
+
+
+class Latest(NamedTuple):
+    """The latest event of a group: the greatest (timestamp, event id)."""
+
+    at: datetime
+    pk: int
+    quantity: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A mergeable summary of a group of events; an hourly rollup row is one."""
+
+    total: Decimal = ZERO  # sum of the quantities
+    count: int = 0  # events
+    top: Decimal | None = None  # the largest quantity
+    latest: Latest | None = None  # only where asked for (see summarize_events)
+    first_at: datetime | None = None  # the earliest timestamp (from events only)
+    last_at: datetime | None = None  # the latest timestamp
+
+    @classmethod
+    def of_event(cls, *, pk: int, at: datetime, quantity: Decimal) -> Partial:
+        return cls(
+            total=quantity,
+            count=1,
+            top=quantity,
+            latest=Latest(at, pk, quantity),
+            first_at=at,
+            last_at=at,
+        )
+
+    def merge(self, other: Partial) -> Partial:
+        """The partial of both groups' events together."""
+        return Partial(
+            total=_EXACT.add(self.total, other.total),
+            count=self.count + other.count,
+            top=_greater(self.top, other.top),
+            latest=_greater(self.latest, other.latest),
+            first_at=_lesser(self.first_at, other.first_at),
+            last_at=_greater(self.last_at, other.last_at),
+        )
+
+
+def _greater(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b > a) else a
+
+
+def _lesser(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b < a) else a
+
+
+def merge_partials(*groups: Mapping[Key, Partial]) -> dict[Key, Partial]:
+    """Partials keyed alike, merged key by key."""
+    merged: dict[Key, Partial] = {}
+    for group in groups:
+        for key, partial in group.items():
+            found = merged.get(key)
+            merged[key] = partial if found is None else found.merge(partial)
+    return merged
+
+
+# --- The aggregations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    """One way of aggregating a meter's events into its quantity."""
+
+    code: str  # Meter.aggregation
+    # A window's quantity is the sum of its parts' quantities: reported to Stripe as
+    # increments of events, extrapolated linearly over a period.
+    additive: bool
+    whole: bool  # its quantities are whole numbers (counts)
+    # The quantity read off a Partial; None: not mergeable, counted over events.
+    read: Callable[[Partial], Decimal] | None
+    uses_latest: bool = False  # reading needs the partial's latest event
+    default_quantity: Decimal | None = None  # an event's quantity when it gives none
+    unique_property: str = ""  # unique_count: the property whose distinct values are counted
+
+    @property
+    def mergeable(self) -> bool:
+        return self.read is not None
+
+    def quantity(self, partial: Partial | None) -> Decimal:
+        """The quantity of the events a partial summarizes (0 for no partial)."""
+        if self.read is None:
+            raise TypeError(f"{self.code} is counted over events, not read off partials")
+        return ZERO if partial is None else self.read(partial)
+
+
+SUM = Aggregation("sum", additive=True, whole=False, read=lambda p: p.total)
+COUNT = Aggregation(
+    "count",
+    additive=True,
+    whole=True,
+    read=lambda p: Decimal(p.count),
+    default_quantity=Decimal(1),
+)
+MAX = Aggregation(
+    "max", additive=False, whole=False, read=lambda p: p.top if p.top is not None else ZERO
+)
+LATEST = Aggregation(
+    "latest",
+    additive=False,
+    whole=False,
+    read=lambda p: p.latest.quantity if p.latest is not None else ZERO,
+    uses_latest=True,
+)
+UNIQUE_COUNT = Aggregation("unique_count", additive=False, whole=True, read=None)
+
+BY_CODE: dict[str, Aggregation] = {a.code: a for a in (SUM, COUNT, MAX, LATEST, UNIQUE_COUNT)}
+ADDITIVE = frozenset(code for code, a in BY_CODE.items() if a.additive)  # for queries on codes
+
+
+def by_code(code: str) -> Aggregation:
+    """The aggregation of a code (`Meter.aggregation`); unique_count without its property."""
+    try:
+        return BY_CODE[code]
+    except KeyError:
+        raise ValueError(f"unknown aggregation {code!r}") from None
+
+
+def of(meter: Meter) -> Aggregation:
+    """A meter's aggregation (unique_count with the meter's property)."""
+    aggregation = by_code(meter.aggregation)
+    return _unique_count(meter.unique_property) if aggregation is UNIQUE_COUNT else aggregation
+
+
+@cache
+def _unique_count(prop: str) -> Aggregation:
+    return replace(UNIQUE_COUNT, unique_property=prop)
+
+
+def of_meters(meters: Mapping[int, Meter]) -> dict[int, Aggregation]:
+    """Meter id -> its aggregation, for the queries below."""
+    return {pk: of(meter) for pk, meter in meters.items()}
+
+
+# --- Queries ---------------------------------------------------------------------------------
+
+
+def property_text(prop: str) -> Cast:
+    """A property's value as text (NULL when absent or JSON null). The cast keeps it text on
+    SQLite too, where a bare key transform yields JSON numbers as numbers."""
+    return Cast(KeyTextTransform(prop, "properties"), output_field=CharField())
+
+
+def summarize_events(
+    events: QuerySet[Any], *, group_by: Sequence[str] = (), latest_of: Collection[int] = ()
+) -> dict[Key, Partial]:
+    """The partial of each group of events, keyed (*group_by, meter_id): one grouped query,
+    and one more for the latest event of the groups of the meters in `latest_of`."""
+    keys = [*group_by, "meter_id"]
+    rows = (
+        events.order_by()
+        .values(*keys)
+        .annotate(
+            agg_total=DecimalSum("quantity"),
+            agg_count=Count("pk"),
+            agg_top=DecimalMax("quantity"),
+            agg_first=Min("timestamp"),
+            agg_last=Max("timestamp"),
+        )
+    )
+    partials = {
+        _key(row, keys): Partial(
+            total=row["agg_total"] or ZERO,
+            count=row["agg_count"],
+            top=row["agg_top"],
+            first_at=row["agg_first"],
+            last_at=row["agg_last"],
+        )
+        for row in rows
+    }
+    wanted = set(latest_of) & {key[-1] for key in partials}
+    if wanted:
+        picked = _latest_per_group(
+            events.filter(meter_id__in=sorted(wanted)),
+            keys,
+            at="timestamp",
+            pk="pk",
+            value="quantity",
+        )
+        for key, latest in picked.items():
+            partials[key] = replace(partials[key], latest=latest)
+    return partials
+
+
+def summarize_rollups(
+    rollups: QuerySet[Any], *, group_by: Sequence[str] = (), latest_of: Collection[int] = ()
+) -> dict[Key, Partial]:
+    """The partials of groups of hourly rollups (the merge of their rows), keyed like
+    `summarize_events`, in one grouped query and one for the latest of `latest_of` meters."""
+    keys = [*group_by, "meter_id"]
+    rows = (
+        rollups.order_by()
+        .values(*keys)
+        .annotate(
+            agg_total=DecimalSum("quantity"),
+            agg_count=Sum("event_count"),
+            agg_top=DecimalMax("max_quantity"),
+            agg_last=Max("latest_at"),
+        )
+    )
+    partials = {
+        _key(row, keys): Partial(
+            total=row["agg_total"] or ZERO,
+            count=row["agg_count"] or 0,
+            top=row["agg_top"],
+            last_at=row["agg_last"],
+        )
+        for row in rows
+    }
+    wanted = set(latest_of) & {key[-1] for key in partials}
+    if wanted:
+        picked = _latest_per_group(
+            rollups.filter(meter_id__in=sorted(wanted)),
+            keys,
+            at="latest_at",
+            pk="latest_event_pk",
+            value="latest_quantity",
+        )
+        for key, latest in picked.items():
+            partials[key] = replace(partials[key], latest=latest)
+    return partials
+
+
+def _latest_per_group(
+    rows: QuerySet[Any], keys: list[str], *, at: str, pk: str, value: str
+) -> dict[Key, Latest]:
+    """The row with the greatest (at, pk) of each group, as a Latest (one query, a window
+    function: the same SQL on both engines)."""
+    ranked = (
+        rows.order_by()
+        .annotate(
+            agg_rank=Window(
+                RowNumber(),
+                partition_by=[F(name) for name in keys],
+                order_by=[F(at).desc(), F(pk).desc()],
+            )
+        )
+        .filter(agg_rank=1)
+        .values_list(*keys, at, pk, value)
+    )
+    width = len(keys)
+    return {tuple(row[:width]): Latest(*row[width:]) for row in ranked}
+
+
+def count_distinct(
+    events: QuerySet[Any],
+    *,
+    aggregations: Mapping[int, Aggregation],
+    group_by: Sequence[str] = (),
+) -> dict[Key, Decimal]:
+    """unique_count per group of events, keyed (*group_by, meter_id), for the meters of
+    `aggregations` that are not mergeable (one query each; the others are ignored)."""
+    keys = [*group_by, "meter_id"]
+    counted: dict[Key, Decimal] = {}
+    for meter_id, aggregation in sorted(aggregations.items()):
+        if aggregation.mergeable:
+            continue
+        rows = (
+            events.order_by()
+            .filter(meter_id=meter_id)
+            .annotate(agg_value=property_text(aggregation.unique_property))
+            .values(*keys)
+            .annotate(agg_distinct=Count("agg_value", distinct=True))
+        )
+        for row in rows:
+            counted[_key(row, keys)] = Decimal(row["agg_distinct"])
+    return counted
+
+
+def read_quantities(
+    partials: Mapping[Key, Partial],
+    *,
+    aggregations: Mapping[int, Aggregation],
+    distinct: Mapping[Key, Decimal],
+) -> dict[Key, Decimal]:
+    """Each group's quantity by its meter's aggregation: read off its partial, or (not
+    mergeable) its distinct count from `count_distinct` (0 if it has none)."""
+    quantities: dict[Key, Decimal] = {}
+    for key, partial in partials.items():
+        aggregation = aggregations[key[-1]]
+        quantities[key] = (
+            aggregation.quantity(partial) if aggregation.mergeable else distinct.get(key, ZERO)
+        )
+    return quantities
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A group's quantity by its meter's aggregation, and which events it has."""
+
+    quantity: Decimal
+    count: int  # events
+    first_at: datetime | None
+    last_at: datetime | None
+
+
+def measure_events(
+    events: QuerySet[Any],
+    *,
+    aggregations: Mapping[int, Aggregation],
+    group_by: Sequence[str] = (),
+) -> dict[Key, Usage]:
+    """The usage of each group of events with any, keyed (*group_by, meter_id), in a number
+    of queries that does not depend on the events (one grouped query, one for the latest
+    events if a latest meter has any, one per unique_count meter that has any)."""
+    partials = summarize_events(
+        events,
+        group_by=group_by,
+        latest_of=[pk for pk, a in aggregations.items() if a.uses_latest],
+    )
+    present = {key[-1] for key in partials}
+    distinct = count_distinct(
+        events,
+        aggregations={pk: a for pk, a in aggregations.items() if pk in present},
+        group_by=group_by,
+    )
+    quantities = read_quantities(partials, aggregations=aggregations, distinct=distinct)
+    return {
+        key: Usage(
+            quantity=quantities[key],
+            count=partial.count,
+            first_at=partial.first_at,
+            last_at=partial.last_at,
+        )
+        for key, partial in partials.items()
+    }
+
+
+def _key(row: Mapping[str, Any], keys: Iterable[str]) -> Key:
+    return tuple(row[name] for name in keys)
+
+
+# --- The hourly rollups in SQL (the ingestion statements, metering/event_store) -------------
+
+# A rollup row is the Partial of one (customer, meter, UTC hour), in these columns.
+ROLLUP_COLUMNS = "quantity, event_count, max_quantity, latest_at, latest_event_pk, latest_quantity"
+
+# PostgreSQL: the hour of an event, and the Partial of a group of event rows (columns id,
+# quantity, timestamp) as ROLLUP_COLUMNS.
+ROLLUP_HOUR_SQL = "date_trunc('hour', timestamp, 'UTC')"
+ROLLUP_OF_EVENTS_SQL = (
+    "sum(quantity), count(*), max(quantity), max(timestamp), "
+    "(array_agg(id ORDER BY timestamp DESC, id DESC))[1], "
+    "(array_agg(quantity ORDER BY timestamp DESC, id DESC))[1]"
+)
+
+
+def rollup_hour(at: datetime) -> datetime:
+    """The UTC hour an event's rollup row is for."""
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def rollup_merge_sql(vendor: str, *, stored: str, new: str) -> str:
+    """The SET list of an upsert merging a new rollup row (alias `new`, e.g. EXCLUDED) into
+    the stored one (`stored`): Partial.merge in SQL, for `connection.vendor`."""
+
+    def column(name: str) -> tuple[str, str]:
+        return f"{stored}.{name}", f"{new}.{name}"
+
+    later = (
+        f"({new}.latest_at, {new}.latest_event_pk) > ({stored}.latest_at, {stored}.latest_event_pk)"
+    )
+
+    def latest(name: str) -> str:
+        return f"{name} = CASE WHEN {later} THEN {new}.{name} ELSE {stored}.{name} END"
+
+    return ",\n        ".join(
+        [
+            f"quantity = {decimal_add_sql(vendor, *column('quantity'))}",
+            f"event_count = {stored}.event_count + {new}.event_count",
+            f"max_quantity = {decimal_greatest_sql(vendor, *column('max_quantity'))}",
+            latest("latest_at"),
+            latest("latest_quantity"),
+            latest("latest_event_pk"),
+        ]
+    )
+
+
+def rollup_row(partial: Partial) -> tuple[Decimal, int, Decimal, datetime, int, Decimal]:
+    """A partial of events as the values of ROLLUP_COLUMNS."""
+    assert partial.top is not None and partial.latest is not None  # a partial of events
+    latest = partial.latest
+    return (partial.total, partial.count, partial.top, latest.at, latest.pk, latest.quantity)

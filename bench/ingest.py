@@ -10,12 +10,13 @@ service-wide API key, start gunicorn (production settings) on a free loopback po
 phases with the same C client processes and the same events (batches of 1,000, 10% of the
 events sent being re-sends of events already sent in an earlier batch), each under fresh event
 ids: first the DB-only phase, where each client writes its batches through one psycopg
-connection with the service's own statements (metering/event_store.py), no HTTP and no Django;
-then the HTTP phase, where each client posts them to gunicorn while the workers' memory is
-sampled. Every response and the stored row counts are checked, a result block printed (with
-the ratio HTTP / DB-only) and written as JSON under bench/results/. With --single each request
-(and each DB-only transaction) carries one event. gunicorn is stopped whatever happens. The
-exit status is 0 only if every check passed. See bench/README.md for what each figure means.
+connection with the service's own statements (metering/event_store/postgresql.py), no HTTP
+and no Django; then the HTTP phase, where each client posts them to gunicorn while the
+workers' memory is sampled. Every response and the stored row counts are checked, a result
+block printed (with the ratio HTTP / DB-only) and written as JSON under bench/results/. With
+--single each request (and each DB-only transaction) carries one event. gunicorn is stopped
+whatever happens. The exit status is 0 only if every check passed. See bench/README.md for
+what each figure means.
 """
 
 from __future__ import annotations
@@ -371,6 +372,7 @@ def run_db_client(plan: ClientPlan, ready: Any, start: Any, results: Any) -> Non
         import psycopg
 
         from metering import event_store
+        from metering.event_store import postgresql as statements
 
         bodies, expected = build_batches(plan)
         report.body_bytes = sum(len(b) for b in bodies)
@@ -401,8 +403,8 @@ def run_db_client(plan: ClientPlan, ready: Any, start: Any, results: Any) -> Non
                 with conn.transaction(), conn.cursor() as cursor:
                     cursor.execute(_USAGE_LOCK, [plan.lock_namespace, locks])
                     cursor.execute(
-                        event_store.INSERT_EVENTS,
-                        event_store.insert_params(
+                        statements.INSERT_EVENTS,
+                        statements.insert_params(
                             ordered, received_at=datetime.now(UTC), api_key_pk=plan.api_key_pk
                         ),
                         prepare=True,  # as the service does
@@ -412,8 +414,8 @@ def run_db_client(plan: ClientPlan, ready: Any, start: Any, results: Any) -> Non
                     stored: dict[tuple[int, str], str] = {}
                     if missing:
                         cursor.execute(
-                            event_store.STORED_FINGERPRINTS,
-                            event_store.fingerprint_params(missing),
+                            statements.STORED_FINGERPRINTS,
+                            statements.fingerprint_params(missing),
                             prepare=True,
                         )
                         stored = {(c, e): f for c, e, f in cursor.fetchall()}

@@ -6,21 +6,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from billing_project.db import server_binding_cursor
 from billing_project.errors import DomainError
-from metering import aggregation, event_parsing, event_store
+from metering import aggregation, aggregations, event_parsing, event_store
 from metering.event_parsing import EventInput, FieldError
 from metering.event_store import EventRow
 from metering.keys import generate_key
-from metering.models import ApiKey, Customer, Meter, UsageEventKey, UsageRollup
+from metering.models import ApiKey, Customer, Meter
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +114,9 @@ def _resolve(*, api_key: ApiKey, events: list[EventInput]) -> list[EventRow]:
         if meter is None:
             errors.append(FieldError(event.index, "meter", "unknown or inactive meter"))
         quantity = event.quantity
-        if quantity is None:
-            if meter is not None and meter[1] == Meter.Aggregation.COUNT:
-                quantity = Decimal(1)
-            elif meter is not None:
+        if quantity is None and meter is not None:
+            quantity = aggregations.by_code(meter[1]).default_quantity
+            if quantity is None:
                 errors.append(FieldError(event.index, "quantity", "is required for this meter"))
         if errors and errors[-1].index == event.index:
             continue
@@ -172,124 +168,15 @@ def _store(*, rows: list[EventRow], api_key: ApiKey, received_at: datetime) -> I
         # Shared: batches never wait for each other, but a period close (exclusive) waits for
         # them and they for it, so no event commits between a close's aggregation and stamping.
         aggregation.lock_customer_usage({r.customer_pk for r in candidates}, exclusive=False)
-        inserted = _insert_ignoring_conflicts(candidates, api_key=api_key, received_at=received_at)
+        inserted = event_store.insert_events(
+            candidates, received_at=received_at, api_key_pk=api_key.pk
+        )
         missing = [key for key in first if key not in inserted]
-        stored = _stored_fingerprints(missing) if missing else {}
+        stored = event_store.stored_fingerprints(missing) if missing else {}
     return IngestionResult(
         statuses=event_store.statuses(rows, first=first, inserted=inserted, stored=stored),
         customer_ids={row.customer_pk for row in rows},
     )
-
-
-def _insert_ignoring_conflicts(
-    rows: list[EventRow], *, api_key: ApiKey, received_at: datetime
-) -> set[tuple[int, str]]:
-    """Insert the batch's new keys and events, and update the hourly rollups; returns the
-    keys it inserted."""
-    if connection.vendor == "postgresql":
-        with server_binding_cursor() as raw:
-            # Prepared once per connection: planning this statement cost 2-5 ms per batch.
-            raw.execute(
-                event_store.INSERT_EVENTS,
-                event_store.insert_params(rows, received_at=received_at, api_key_pk=api_key.pk),
-                prepare=True,
-            )
-            return {(customer_pk, event_id) for customer_pk, event_id in raw.fetchall()}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO metering_usageeventkey (customer_id, event_id, fingerprint) VALUES "  # noqa: S608
-            + ", ".join(["(%s, %s, %s)"] * len(rows))
-            + " ON CONFLICT (customer_id, event_id) DO NOTHING RETURNING customer_id, event_id",
-            [value for r in rows for value in (r.customer_pk, r.event_id, r.fingerprint)],
-        )
-        claimed = {(customer_pk, event_id) for customer_pk, event_id in cursor.fetchall()}
-        new_rows = [r for r in rows if (r.customer_pk, r.event_id) in claimed]
-        if not new_rows:
-            return set()
-        ops = connection.ops
-        params: list[Any] = []
-        for r in new_rows:
-            params += [
-                r.customer_pk,
-                r.meter_pk,
-                r.event_id,
-                ops.adapt_decimalfield_value(r.quantity, 19, 6),
-                ops.adapt_datetimefield_value(r.timestamp),
-                r.properties_json,
-                r.fingerprint,
-                ops.adapt_datetimefield_value(received_at),
-                api_key.pk,
-            ]
-        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(new_rows))
-        cursor.execute(
-            f"INSERT INTO metering_usageevent ({event_store.EVENT_COLUMNS}) "  # noqa: S608
-            f"VALUES {placeholders} RETURNING id, customer_id, event_id",
-            params,
-        )
-        returned = cursor.fetchall()
-    by_key = {(r.customer_pk, r.event_id): r for r in new_rows}
-    inserted = {(customer_pk, event_id): pk for pk, customer_pk, event_id in returned}
-    add_to_rollups([(pk, by_key[key]) for key, pk in inserted.items()])
-    return set(inserted)
-
-
-def add_to_rollups(events: list[tuple[int, EventRow]]) -> None:
-    """Add inserted events to their hourly rollups in Python (the SQLite path: SQLite sums
-    decimals as floats, so the arithmetic stays in Decimal here; it serializes writers)."""
-    groups: dict[tuple[int, int, datetime], list[tuple[int, EventRow]]] = {}
-    for pk, row in events:
-        hour = row.timestamp.replace(minute=0, second=0, microsecond=0)
-        groups.setdefault((row.customer_pk, row.meter_pk, hour), []).append((pk, row))
-    for (customer_pk, meter_pk, hour), members in sorted(groups.items()):
-        latest_pk, latest = max(members, key=lambda m: (m[1].timestamp, m[0]))
-        rollup = UsageRollup.objects.filter(
-            customer_id=customer_pk, meter_id=meter_pk, hour=hour
-        ).first()
-        quantity = sum((m[1].quantity for m in members), Decimal(0))
-        top = max(m[1].quantity for m in members)
-        if rollup is None:
-            rollup = UsageRollup(
-                customer_id=customer_pk,
-                meter_id=meter_pk,
-                hour=hour,
-                quantity=Decimal(0),
-                event_count=0,
-                max_quantity=top,
-                latest_at=latest.timestamp,
-                latest_event_pk=latest_pk,
-                latest_quantity=latest.quantity,
-            )
-        rollup.quantity += quantity
-        rollup.event_count += len(members)
-        rollup.max_quantity = max(rollup.max_quantity, top)
-        if (latest.timestamp, latest_pk) > (rollup.latest_at, rollup.latest_event_pk):
-            rollup.latest_at = latest.timestamp
-            rollup.latest_event_pk = latest_pk
-            rollup.latest_quantity = latest.quantity
-        rollup.save()
-
-
-def _stored_fingerprints(keys: list[tuple[int, str]]) -> dict[tuple[int, str], str]:
-    """The fingerprints stored for keys, read after the insert (in a statement of its own, so
-    it sees keys that concurrent batches committed meanwhile)."""
-    if connection.vendor == "postgresql":
-        with server_binding_cursor() as raw:
-            raw.execute(
-                event_store.STORED_FINGERPRINTS, event_store.fingerprint_params(keys), prepare=True
-            )
-            return {(customer_pk, event_id): fp for customer_pk, event_id, fp in raw.fetchall()}
-    by_customer: dict[int, list[str]] = {}
-    for customer_pk, event_id in keys:
-        by_customer.setdefault(customer_pk, []).append(event_id)
-    condition = Q()
-    for customer_pk, event_ids in by_customer.items():
-        condition |= Q(customer_id=customer_pk, event_id__in=event_ids)
-    return {
-        (customer_pk, event_id): fp
-        for customer_pk, event_id, fp in UsageEventKey.objects.filter(condition).values_list(
-            "customer_id", "event_id", "fingerprint"
-        )
-    }
 
 
 # --- Customers ------------------------------------------------------------------------------

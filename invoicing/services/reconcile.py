@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, Max, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncHour
@@ -17,7 +18,7 @@ from invoicing.backends import get_backend
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.pricing import plan_price_specs
 from invoicing.rating import rate
-from metering import aggregation
+from metering import aggregation, aggregations
 from metering.models import Meter, UsageAggregate, UsageEvent, UsageRollup
 
 
@@ -35,26 +36,45 @@ def reconcile() -> list[str]:
 
 
 def _rollups_match_events() -> list[str]:
-    """The hourly rollups (what "how much so far?" reads) must equal their events."""
+    """The hourly rollups (what "how much so far?" reads) must be the partials of their
+    events, every column of them (see metering.aggregations)."""
     problems: list[str] = []
+    events = UsageEvent.objects.annotate(hour=TruncHour("timestamp", tzinfo=UTC))
+    meter_ids = list(Meter.objects.values_list("pk", flat=True))
     from_events = {
-        (row["customer_id"], row["meter_id"], row["hour"]): (row["total"], row["n"])
-        for row in UsageEvent.objects.annotate(hour=TruncHour("timestamp", tzinfo=UTC))
-        .values("customer_id", "meter_id", "hour")
-        .annotate(total=Sum("quantity"), n=Count("id"))
+        key: _rollup_figures(partial)
+        for key, partial in aggregations.summarize_events(
+            events, group_by=("customer_id", "hour"), latest_of=meter_ids
+        ).items()
     }
     rollups = {
-        (r.customer_id, r.meter_id, r.hour): (r.quantity, r.event_count)
+        (r.customer_id, r.hour, r.meter_id): (
+            r.quantity,
+            r.event_count,
+            r.max_quantity,
+            (r.latest_at, r.latest_event_pk, r.latest_quantity),
+        )
         for r in UsageRollup.objects.all()
     }
     for key in sorted(set(from_events) | set(rollups)):
         if from_events.get(key) != rollups.get(key):
-            customer_id, meter_id, hour = key
+            customer_id, hour, meter_id = key
             problems.append(
                 f"rollup of customer {customer_id} meter {meter_id} hour {hour:%Y-%m-%d %H}:00: "
-                f"(quantity, events) {rollups.get(key)} != from events {from_events.get(key)}"
+                f"(quantity, events, max, latest) {rollups.get(key)} != "
+                f"from events {from_events.get(key)}"
             )
     return problems
+
+
+def _rollup_figures(partial: aggregations.Partial) -> tuple[Any, ...]:
+    latest = partial.latest
+    return (
+        partial.total,
+        partial.count,
+        partial.top,
+        (latest.at, latest.pk, latest.quantity) if latest is not None else None,
+    )
 
 
 def _aggregates_match_events() -> list[str]:

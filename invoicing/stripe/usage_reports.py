@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Count, Exists, Max, Min, OuterRef, Q, Sum
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q
 from django.utils import timezone
 
 from audit.services import record_audit
@@ -26,14 +26,13 @@ from invoicing import tasks
 from invoicing.models import StripeMeterMapping, UsageReport
 from invoicing.stripe import client, outbox
 from invoicing.stripe.customers import ensure_stripe_customer
-from metering import aggregation
+from metering import aggregation, aggregations
 from metering.models import Meter, UsageAggregate, UsageEvent
 
 # Meter events may be at most 35 days old (Stripe); keep a margin for sending delays.
 METER_EVENT_MAX_AGE = timedelta(days=35) - timedelta(hours=1)
 # Realtime discovery looks this far back before the previous run's cutoff.
 REALTIME_LOOKBACK = timedelta(hours=1)
-ADDITIVE = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
 
 
 def _unresolved(report: UsageReport) -> str:
@@ -117,7 +116,7 @@ def create_close_usage_reports(*, now: datetime) -> list[int]:
     created: list[int] = []
     mappings = StripeMeterMapping.objects.filter(is_active=True).select_related("meter")
     for mapping in mappings.order_by("pk"):
-        if mode == "realtime" and mapping.meter.aggregation in ADDITIVE:
+        if mode == "realtime" and aggregations.of(mapping.meter).additive:
             continue
         created += _close_reports_for(mapping_id=mapping.pk, now=now)
     return created
@@ -146,10 +145,11 @@ _covers_event = Q(
 
 
 def _events_quantity(events: models.QuerySet[UsageEvent], meter: Meter) -> tuple[Decimal, int]:
-    summary = events.aggregate(n=Count("pk"), total=Sum("quantity"))
-    if meter.aggregation == Meter.Aggregation.COUNT:
-        return Decimal(summary["n"]), summary["n"]
-    return summary["total"] or Decimal(0), summary["n"]
+    """The quantity and number of some events of an additive meter (an increment)."""
+    usage = aggregations.measure_events(
+        events.filter(meter_id=meter.pk), aggregations={meter.pk: aggregations.of(meter)}
+    ).get((meter.pk,))
+    return (usage.quantity, usage.count) if usage else (Decimal(0), 0)
 
 
 @transaction.atomic
@@ -166,7 +166,7 @@ def _close_reports_for(*, mapping_id: int, now: datetime) -> list[int]:
     # already covered are left out (an additive aggregate is the sum of its events).
     marks = (
         _realtime_watermarks(meter_id=mapping.meter_id)
-        if mapping.meter.aggregation in ADDITIVE
+        if aggregations.of(mapping.meter).additive
         else {}
     )
     created = []
@@ -198,7 +198,7 @@ def create_realtime_usage_reports(*, now: datetime) -> list[int]:
         return []
     created: list[int] = []
     mappings = StripeMeterMapping.objects.filter(
-        is_active=True, meter__aggregation__in=ADDITIVE
+        is_active=True, meter__aggregation__in=aggregations.ADDITIVE
     ).order_by("pk")
     for mapping_id in mappings.values_list("pk", flat=True):
         created += _realtime_reports_for(mapping_id=mapping_id, now=now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from metering.models import Meter
+from metering import aggregations
 from metering.units import format_quantity
 from portal import charts
 from portal.selectors import DailySeries
@@ -15,6 +15,7 @@ def series_charts(series: list[DailySeries]) -> list[charts.BarChart]:
     result = []
     for index, item in enumerate(series):
         meter = item.meter
+        aggregation = aggregations.of(meter)
 
         def worded(value: Decimal, unit: str = meter.unit) -> str:
             return format_quantity(value, unit)
@@ -27,9 +28,8 @@ def series_charts(series: list[DailySeries]) -> list[charts.BarChart]:
                 colour=charts.PALETTE[index % len(charts.PALETTE)],
                 days=item.days,
                 format_value=worded,
-                integer=meter.aggregation
-                in {Meter.Aggregation.COUNT, Meter.Aggregation.UNIQUE_COUNT},
-                additive=meter.aggregation in {Meter.Aggregation.SUM, Meter.Aggregation.COUNT},
+                integer=aggregation.whole,
+                additive=aggregation.additive,
             )
         )
     return result

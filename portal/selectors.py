@@ -20,20 +20,19 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db.models import CharField, Count, Max, Q, QuerySet, Sum, Window
-from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, TruncDate
+from django.db.models import Count, Q, QuerySet, Window
+from django.db.models.functions import TruncDate
 
 from invoicing import selectors as invoicing_selectors
 from invoicing.models import BillingPeriod, Invoice
 from invoicing.pricing import PricingRecord
 from invoicing.rating import rate
+from metering import aggregations
 from metering.models import Customer, Meter, UsageEvent, UsageRollup
 
 QUANTITY_STEP = Decimal("0.000001")  # quantities carry 6 decimal places
-# Meters whose period quantity grows with time, so a linear extrapolation means something;
-# max, latest and unique_count are projected as they stand.
-EXTRAPOLATED = {Meter.Aggregation.SUM, Meter.Aggregation.COUNT}
+# A level (a latest meter) is charted, and broken down, by its peak over the day or value.
+CHARTED_AS = {aggregations.LATEST.code: aggregations.MAX}
 PROPERTY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _EXACT = decimal.Context(prec=60, rounding=ROUND_HALF_UP)
 
@@ -81,10 +80,13 @@ class CurrentUsage:
 def project_quantity(
     quantity: Decimal, *, aggregation: str, period: BillingPeriod, now: datetime
 ) -> Decimal:
-    """Linear extrapolation to the period's end: quantity x length / elapsed (6 places)."""
+    """Linear extrapolation to the period's end: quantity x length / elapsed (6 places), for
+    additive aggregations (whose quantity grows with time); the others as they stand."""
     elapsed = min(now, period.end) - period.start
     length = period.end - period.start
-    if aggregation not in EXTRAPOLATED or elapsed <= timedelta(0) or elapsed >= length:
+    if not aggregations.by_code(aggregation).additive:
+        return quantity
+    if elapsed <= timedelta(0) or elapsed >= length:
         return quantity
     elapsed_us = Decimal(elapsed // timedelta(microseconds=1))
     length_us = Decimal(length // timedelta(microseconds=1))
@@ -153,13 +155,12 @@ def local_midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=zone)
 
 
-def _measure(meter: Meter, row: dict[str, Any]) -> Decimal:
-    """A group's value by the meter's aggregation: sum, count, or the peak for max/latest."""
-    if meter.aggregation == Meter.Aggregation.SUM:
-        return row["total"] or Decimal(0)
-    if meter.aggregation == Meter.Aggregation.COUNT:
-        return Decimal(row["n"])
-    return row["top"] or Decimal(0)
+def _charted(meters: dict[int, Meter]) -> dict[int, aggregations.Aggregation]:
+    """Each meter's aggregation as the charts and the breakdown show it (see CHARTED_AS)."""
+    return {
+        pk: CHARTED_AS.get(aggregation.code, aggregation)
+        for pk, aggregation in aggregations.of_meters(meters).items()
+    }
 
 
 def _whole_hour_offsets(zone: ZoneInfo, start: datetime, end: datetime) -> bool:
@@ -181,8 +182,8 @@ def daily_usage(
     """Usage per meter and local day over the last `days` days (today included), grouped in
     SQL by the day in the customer's time zone.
 
-    Sum meters show the day's sum, count meters its events, unique_count meters the distinct
-    values of their property that day, and max/latest meters the day's peak. `meters` are
+    Each meter shows its aggregation over the day (latest meters: the day's peak, see
+    CHARTED_AS); unique_count meters are counted over the day's events. `meters` are
     always shown (the plan's), others only if they have usage in the window. `all_meters`
     (every meter by id) saves reading them again when the caller has them.
     """
@@ -194,35 +195,29 @@ def daily_usage(
     events = UsageEvent.objects.filter(
         customer=customer, timestamp__gte=start, timestamp__lt=end
     ).annotate(day=TruncDate("timestamp", tzinfo=zone))
-    values: dict[int, dict[date, Decimal]] = {}
-    if _whole_hour_offsets(zone, start, end):
-        # Each UTC hour lies within one local day: read the hourly rollups, not the events.
-        rows = (
-            UsageRollup.objects.filter(customer=customer, hour__gte=start, hour__lt=end)
-            .annotate(day=TruncDate("hour", tzinfo=zone))
-            .values("meter_id", "day")
-            .annotate(total=Sum("quantity"), n=Sum("event_count"), top=Max("max_quantity"))
-        )
-    else:
-        rows = events.values("meter_id", "day").annotate(
-            total=Sum("quantity"), n=Count("id"), top=Max("quantity")
-        )
     if all_meters is None:
         all_meters = {m.pk: m for m in Meter.objects.all()}
-    for row in rows:
-        meter = all_meters[row["meter_id"]]
-        if meter.aggregation != Meter.Aggregation.UNIQUE_COUNT:
-            values.setdefault(meter.pk, {})[row["day"]] = _measure(meter, row)
-    for meter_id in {row["meter_id"] for row in rows}:
-        meter = all_meters[meter_id]
-        if meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
-            distinct = (
-                events.filter(meter=meter)
-                .annotate(value=KeyTextTransform(meter.unique_property, "properties"))
-                .values("day")
-                .annotate(n=Count("value", distinct=True))
-            )
-            values[meter.pk] = {row["day"]: Decimal(row["n"]) for row in distinct}
+    charted = _charted(all_meters)
+    if _whole_hour_offsets(zone, start, end):
+        # Each UTC hour lies within one local day: read the hourly rollups, not the events.
+        partials = aggregations.summarize_rollups(
+            UsageRollup.objects.filter(customer=customer, hour__gte=start, hour__lt=end).annotate(
+                day=TruncDate("hour", tzinfo=zone)
+            ),
+            group_by=("day",),
+        )
+    else:
+        partials = aggregations.summarize_events(events, group_by=("day",))
+    present = {meter_id for _, meter_id in partials}
+    distinct = aggregations.count_distinct(
+        events,
+        aggregations={pk: a for pk, a in charted.items() if pk in present},
+        group_by=("day",),
+    )
+    values: dict[int, dict[date, Decimal]] = {}
+    quantities = aggregations.read_quantities(partials, aggregations=charted, distinct=distinct)
+    for (day, meter_id), quantity in quantities.items():
+        values.setdefault(meter_id, {})[day] = quantity
     shown = {m.pk: m for m in meters or []} | {pk: all_meters[pk] for pk in values}
     series = []
     for meter in sorted(shown.values(), key=lambda m: m.code):
@@ -257,12 +252,6 @@ class Breakdown:
     distinct_values: int  # in the whole period; rows shows the top ones
 
 
-def property_text(prop: str) -> Cast:
-    """A property's value as text. The cast keeps lookups on it plain text comparisons (on
-    SQLite, `__in` on a bare key transform compares JSON and refuses plain strings)."""
-    return Cast(KeyTextTransform(prop, "properties"), output_field=CharField())
-
-
 def _period_events(customer: Customer, period: BillingPeriod) -> QuerySet[UsageEvent]:
     return UsageEvent.objects.filter(
         customer=customer, timestamp__gte=period.start, timestamp__lt=period.end
@@ -277,7 +266,7 @@ def property_breakdown(
     with their count, then their quantities per meter): callers cache the result."""
     if not PROPERTY_NAME.match(prop):
         raise ValueError(f"not a property name: {prop!r}")
-    events = _period_events(customer, period).annotate(value=property_text(prop))
+    events = _period_events(customer, period).annotate(value=aggregations.property_text(prop))
     # One scan gives the top values and, as a window over the groups, how many there are.
     top = list(
         events.values("value")
@@ -293,29 +282,11 @@ def property_breakdown(
     all_meters = {m.pk: m for m in Meter.objects.all()}
     quantities: dict[str | None, dict[int, Decimal]] = {}
     if wanted:
-        grouped = (
-            events.filter(condition)
-            .values("value", "meter_id")
-            .annotate(total=Sum("quantity"), n=Count("id"), top=Max("quantity"))
+        usage = aggregations.measure_events(
+            events.filter(condition), aggregations=_charted(all_meters), group_by=("value",)
         )
-        for row in grouped:
-            meter = all_meters[row["meter_id"]]
-            if meter.aggregation == Meter.Aggregation.UNIQUE_COUNT:
-                continue
-            quantities.setdefault(row["value"], {})[meter.pk] = _measure(meter, row)
-        unique_ids = {row["meter_id"] for row in grouped} & {
-            pk for pk, m in all_meters.items() if m.aggregation == Meter.Aggregation.UNIQUE_COUNT
-        }
-        for meter_id in unique_ids:
-            meter = all_meters[meter_id]
-            distinct_rows = (
-                events.filter(condition, meter=meter)
-                .annotate(counted=KeyTextTransform(meter.unique_property, "properties"))
-                .values("value")
-                .annotate(n=Count("counted", distinct=True))
-            )
-            for row in distinct_rows:
-                quantities.setdefault(row["value"], {})[meter.pk] = Decimal(row["n"])
+        for (value, meter_id), found in usage.items():
+            quantities.setdefault(value, {})[meter_id] = found.quantity
     meter_ids = {pk for per_value in quantities.values() for pk in per_value}
     return Breakdown(
         property=prop,

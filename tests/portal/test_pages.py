@@ -30,6 +30,7 @@ from metering.currencies import format_minor
 from metering.models import Customer, UsageEvent
 from portal import charts, forms, selectors
 from portal.views import hosted_invoice_url
+from tests.factories import MeterFactory
 from tests.portal.conftest import (
     PASSWORD,
     build_history,
@@ -169,6 +170,54 @@ def test_chart_counts_per_local_day_and_breakdown_by_property(acme, service_key,
     in_period = [e for e in events if period.start <= e[3] < period.end]
     alpha_tasks = sum(1 for e in in_period if e[1] == "agent_tasks" and e[4]["agent_id"] == "alpha")
     assert by_value["alpha"].quantities.get(tasks.pk, Decimal(0)) == alpha_tasks
+
+
+def test_levels_chart_their_peak_and_unique_meters_their_distinct_values(acme, service_key):
+    """Per local day and per property value: a max meter its largest quantity, a latest meter
+    its peak too (CHARTED_AS), a unique_count meter its distinct values."""
+    MeterFactory(code="level", aggregation="latest")
+    MeterFactory(code="seats", aggregation="max")
+    MeterFactory(code="agents", aggregation="unique_count", unique_property="agent_id")
+    now = timezone.now()
+    zone = selectors.customer_zone(acme.customer)
+    today = now.astimezone(zone).date()
+    yesterday = today - timedelta(days=1)
+    noon = selectors.local_midnight(yesterday, zone) + timedelta(hours=12)
+    alpha, beta = {"agent_id": "alpha"}, {"agent_id": "beta"}
+    record(
+        service_key[0],
+        acme.customer,
+        [
+            ("l1", "level", 5, noon, alpha),
+            ("l2", "level", 9, noon + timedelta(hours=1), alpha),
+            ("l3", "level", 2, noon + timedelta(hours=2), beta),  # the latest, not the peak
+            ("s1", "seats", 3, noon, alpha),
+            ("s2", "seats", 7, noon + timedelta(hours=1), beta),
+            ("u1", "agents", 1, noon, alpha),
+            ("u2", "agents", 1, noon + timedelta(hours=1), alpha),
+            ("u3", "agents", 1, noon + timedelta(hours=2), beta),
+        ],
+        now=now,
+    )
+    series = {
+        s.meter.code: dict(s.days)
+        for s in selectors.daily_usage(customer=acme.customer, days=2, now=now)
+    }
+    assert series["level"] == {yesterday: Decimal(9), today: Decimal(0)}
+    assert series["seats"] == {yesterday: Decimal(7), today: Decimal(0)}
+    assert series["agents"] == {yesterday: Decimal(2), today: Decimal(0)}
+
+    window = BillingPeriod(start=noon - timedelta(hours=1), end=noon + timedelta(hours=3))
+    breakdown = selectors.property_breakdown(customer=acme.customer, period=window, prop="agent_id")
+    codes = {meter.pk: meter.code for meter in breakdown.meters}
+    by_value = {
+        row.value: {codes[pk]: quantity for pk, quantity in row.quantities.items()}
+        for row in breakdown.rows
+    }
+    assert by_value == {
+        "alpha": {"level": Decimal(9), "seats": Decimal(3), "agents": Decimal(1)},
+        "beta": {"level": Decimal(2), "seats": Decimal(7), "agents": Decimal(1)},
+    }
 
 
 def test_dashboard_options_fall_back_on_bad_input(acme_history, client):

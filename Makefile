@@ -18,11 +18,24 @@ install: $(VENV)/.installed
 run: install
 	$(PY) scripts/run_local.py
 
-## test: lint, migration check, then the whole suite on a throw-away PostgreSQL server
+# The tests that also run on SQLite, the embedded default of `make run`: ingestion and rollups,
+# the close, reconcile, budgets, the usage API, Stripe usage reports and the portal's pages.
+# Tests marked `postgres` (partitions, row and advisory locks, server-side binding) are
+# deselected there.
+SQLITE_TESTS := tests/metering tests/invoicing/test_closing.py \
+	tests/invoicing/test_closing_batches.py tests/invoicing/test_api.py \
+	tests/invoicing/stripe/test_stripe_reconcile.py tests/invoicing/stripe/test_stripe_usage.py \
+	tests/budgets tests/portal/test_pages.py
+
+## test: lint, migration check, the whole suite on a throw-away PostgreSQL server, then the
+## SQLite pass (SQLITE_TESTS on a SQLite file in a temporary directory)
 test: install
 	$(PY) -m ruff check .
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) scripts/with_postgres.py -- $(PY) -m pytest $(PYTEST_ARGS)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		DATABASE_URL="sqlite:///$$tmp/billing.sqlite3" \
+		$(PY) -m pytest -m "not postgres" $(PYTEST_ARGS) $(SQLITE_TESTS)
 
 lint: install
 	$(PY) -m ruff check .

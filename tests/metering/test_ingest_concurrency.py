@@ -18,6 +18,8 @@ from rest_framework.test import APIClient
 from metering.models import UsageEvent
 from tests.metering.helpers import EVENTS_URL, batch, make_event, stored_rows
 
+# Row locks and index-entry order under concurrent INSERTs (SQLite serializes writers whole).
+pytestmark = pytest.mark.postgres
 THREADS = 20
 SLOW_INSERT_SECONDS = 0.002
 

@@ -12,7 +12,7 @@ from django.db import connection
 from metering import partitions, services
 from metering.models import UsageEvent, UsageEventKey
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]  # partitions exist only there
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 

@@ -34,17 +34,24 @@ def recent(**delta: float) -> datetime:
     return moment.replace(microsecond=0)
 
 
+# The default timestamp of make_event: one instant for the whole run (an hour before it began),
+# so an event built twice is the same event. A fresh `recent()` per call gave a repeat built
+# after a second boundary another timestamp, hence a conflict instead of a duplicate.
+DEFAULT_TIMESTAMP = iso(recent())
+
+
 def make_event(**overrides: Any) -> dict[str, Any]:
     """A valid event for customer `acme` on the `llm_tokens` (sum) meter; overrides win.
 
-    An override of `...` (Ellipsis) removes the field.
+    Its timestamp is DEFAULT_TIMESTAMP unless overridden. An override of `...` (Ellipsis)
+    removes the field.
     """
     event: dict[str, Any] = {
         "event_id": "evt-new",
         "customer_id": "acme",
         "meter": "llm_tokens",
         "quantity": 1500,
-        "timestamp": iso(recent()),
+        "timestamp": DEFAULT_TIMESTAMP,
         "properties": {"agent_id": "a1"},
     }
     event.update(overrides)

@@ -6,6 +6,8 @@ from datetime import UTC, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+import time_machine
+from django.utils import timezone as django_timezone
 
 from metering.models import UsageEvent
 from tests.metering.helpers import (
@@ -177,6 +179,21 @@ def test_json_number_and_decimal_string_of_the_same_value_are_duplicates(api, cu
     assert repeat.status_code == 202
     assert repeat.json() == _body(("evt-new", "duplicate"))
     assert stored_row("evt-new")["quantity"] == Decimal("1.5")
+
+
+def test_an_event_built_again_after_a_second_boundary_is_still_a_duplicate(api, customer, meters):
+    # The repeat is built in the next second of the clock: its default timestamp must not move
+    # (it once did, and the repeat was a conflict whenever a request crossed a second).
+    start = django_timezone.now().replace(microsecond=999_900)
+    with time_machine.travel(start, tick=False):
+        first = post_json(api, make_event())
+    with time_machine.travel(start + timedelta(milliseconds=1), tick=False):
+        repeat = post_json(api, make_event())
+
+    assert first.json() == _body(("evt-new", "accepted"))
+    assert repeat.status_code == 202
+    assert repeat.json() == _body(("evt-new", "duplicate"))
+    assert UsageEvent.objects.count() == 1
 
 
 def test_the_same_id_twice_in_one_batch_is_accepted_then_duplicate(api, customer, meters):

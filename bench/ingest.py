@@ -5,18 +5,18 @@ rows written by psycopg alone in the same run, to measure the database's own lim
     .venv/bin/python scripts/with_postgres.py --durable -- \
         .venv/bin/python bench/ingest.py [--events N] [--clients C] [--workers W] [--single]
 
-Steps: migrate the database named by DATABASE_URL, create the customers, the three meters and a
-service-wide API key, start gunicorn (production settings) on a free loopback port. Then two
-phases with the same C client processes and the same events (batches of 1,000, 10% of the
-events sent being re-sends of events already sent in an earlier batch), each under fresh event
-ids: first the DB-only phase, where each client writes its batches through one psycopg
-connection with the service's own statements (metering/event_store/postgresql.py), no HTTP
-and no Django; then the HTTP phase, where each client posts them to gunicorn while the
-workers' memory is sampled. Every response and the stored row counts are checked, a result
-block printed (with the ratio HTTP / DB-only) and written as JSON under bench/results/. With
---single each request (and each DB-only transaction) carries one event. gunicorn is stopped
-whatever happens. The exit status is 0 only if every check passed. See bench/README.md for
-what each figure means.
+Steps: collect the static files and migrate the database named by DATABASE_URL, create the
+customers, the three meters and a service-wide API key, start gunicorn (production settings) on
+a free loopback port. Then two phases with the same C client processes and the same events
+(batches of 1,000, 10% of the events sent being re-sends of events already sent in an earlier
+batch), each under fresh event ids: first the DB-only phase, where each client writes its
+batches through one psycopg connection with the service's own statements
+(metering/event_store/postgresql.py), no HTTP and no Django; then the HTTP phase, where each
+client posts them to gunicorn while the workers' memory is sampled. Every response and the stored
+row counts are checked, a result block printed (with the ratio HTTP / DB-only) and written as
+JSON under bench/results/. With --single each request (and each DB-only transaction) carries one
+event. gunicorn is stopped whatever happens. The exit status is 0 only if every check passed. See
+bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -471,18 +471,21 @@ class SetupError(Exception):
     """The bench could not prepare the database or the server (exit status 2)."""
 
 
-def migrate(env: dict[str, str]) -> None:
-    print("migrating ...", file=sys.stderr)
-    try:
-        subprocess.run(
-            [str(VENV_BIN / "python"), "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            timeout=300,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise SetupError(f"manage.py migrate failed ({exc}); see its output above") from None
+def release(env: dict[str, str]) -> None:
+    """The release steps of docs/deploy.md: collect the static files (production's gunicorn
+    refuses to start without them), then migrate."""
+    for command, doing in (("collectstatic", "collecting static files"), ("migrate", "migrating")):
+        print(f"{doing} ...", file=sys.stderr)
+        try:
+            subprocess.run(
+                [str(VENV_BIN / "python"), "manage.py", command, "--noinput", "-v", "0"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                timeout=300,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise SetupError(f"manage.py {command} failed ({exc}); see its output above") from None
 
 
 def seed(customers: int, run_id: str) -> tuple[dict[str, int], dict[str, tuple[int, str]], Any]:
@@ -1096,7 +1099,7 @@ def run(args: argparse.Namespace, var_dir: Path) -> int:
     for name in ("SECURE_SSL_REDIRECT", "LOG_LEVEL", "DJANGO_SETTINGS_MODULE"):
         os.environ[name] = env[name]
 
-    migrate(env)
+    release(env)
     import django
 
     django.setup()

@@ -11,6 +11,11 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from billing_project.checks import refuse_to_start_without_collected_static
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing_project.settings")
 
 application = get_wsgi_application()
+# In production, no start without the collected static files (a worker that fails to boot
+# says why; one that started would answer 500 on every page).
+refuse_to_start_without_collected_static()

@@ -1,6 +1,6 @@
 """Security headers on every page (the Content-Security-Policy among them), the pages that need
 a policy of their own, and production settings: `check --deploy` clean, HTTPS only, secure
-cookies, and no start without a real SECRET_KEY."""
+cookies, no start without a real SECRET_KEY, and none without the collected static files."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -127,15 +129,16 @@ print(json.dumps({
 """
 
 
-def production_env(tmp_path, **overrides: str) -> dict[str, str]:
-    """Only what this test sets (and PATH, HOME): nothing leaks in from the test process."""
+def production_env(tmp_path, var_dir: Path | None = None, **overrides: str) -> dict[str, str]:
+    """Only what this test sets (and PATH, HOME): nothing leaks in from the test process.
+    `var_dir` holds the static files (var/static): tmp_path/var, empty, unless given."""
     env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
     env.update(
         DJANGO_SETTINGS_MODULE="billing_project.settings",
         BILLING_ENV="production",
         SECRET_KEY=secrets.token_urlsafe(40)[:50],
         ALLOWED_HOSTS="example.com",
-        BILLING_VAR_DIR=str(tmp_path / "var"),
+        BILLING_VAR_DIR=str(var_dir or tmp_path / "var"),
         DATABASE_URL=f"sqlite:///{tmp_path / 'probe.sqlite3'}",
     )
     env.update(overrides)
@@ -148,9 +151,19 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_check_deploy_finds_no_issues(tmp_path):
+@pytest.fixture(scope="module")
+def collected_var(tmp_path_factory) -> Path:
+    """A var/ directory whose static/ holds what `collectstatic` collects (once per module)."""
+    base = tmp_path_factory.mktemp("collected")
+    result = run(["manage.py", "collectstatic", "--no-input", "-v", "0"], production_env(base))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return base / "var"
+
+
+def test_check_deploy_finds_no_issues(tmp_path, collected_var):
     result = run(
-        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"], production_env(tmp_path)
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        production_env(tmp_path, var_dir=collected_var),
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -196,3 +209,101 @@ def test_production_refuses_to_start_without_a_real_secret_key(tmp_path, secret_
         "django.core.exceptions.ImproperlyConfigured: SECRET_KEY must be set to a random value "
         "of at least 32 characters in production"
     )
+
+
+# --- Production start-up needs the collected static files -------------------------------------
+
+HINT = (
+    "HINT: run `python manage.py collectstatic --no-input` on this machine (part of every "
+    "release) before the web processes start"
+)
+
+
+def start_up_failures(env: dict[str, str]) -> dict[str, tuple[int, str]]:
+    """(exit status, last line of stderr) of what starts a production web process."""
+    commands = {
+        "gunicorn": ["-m", "gunicorn", "--check-config", "billing_project.wsgi"],
+        "wsgi": ["-c", "import billing_project.wsgi"],
+        "asgi": ["-c", "import billing_project.asgi"],
+    }
+    results = {name: run(args, env) for name, args in commands.items()}
+    return {
+        name: (result.returncode, result.stderr.rstrip().splitlines()[-1] if result.stderr else "")
+        for name, result in results.items()
+    }
+
+
+def test_without_collectstatic_production_refuses_to_start(tmp_path):
+    env = production_env(tmp_path)
+    manifest = tmp_path / "var" / "static" / "staticfiles.json"
+    problem = (
+        f"the static files manifest {manifest} does not exist: every page with a static file "
+        "would answer 500"
+    )
+
+    check = run(["manage.py", "check", "--deploy"], env)
+    started = start_up_failures(env)
+
+    assert check.returncode == 1
+    assert f"?: (billing_project.E001) {problem}\n\t{HINT}\n" in check.stderr
+    refusal = (
+        f"django.core.exceptions.ImproperlyConfigured: billing_project.E001: {problem} "
+        f"(hint: {HINT.removeprefix('HINT: ')})"
+    )
+    assert started == {"gunicorn": (1, refusal), "wsgi": (1, refusal), "asgi": (1, refusal)}
+    assert not (tmp_path / "var" / "static").exists()  # nothing collected behind our back
+
+
+def test_a_manifest_of_another_release_refuses_to_start(tmp_path, collected_var):
+    """A file this release added is not in the manifest an older collectstatic wrote."""
+    var = tmp_path / "var"
+    shutil.copytree(collected_var / "static", var / "static")
+    manifest = var / "static" / "staticfiles.json"
+    stored = json.loads(manifest.read_text())
+    del stored["paths"]["portal/portal.css"]
+    manifest.write_text(json.dumps(stored))
+    env = production_env(tmp_path, var_dir=var)
+    problem = (
+        f"the static files manifest {manifest} lacks 1 file(s) of this release "
+        "(portal/portal.css), collected from another one: the pages naming them would answer 500"
+    )
+
+    check = run(["manage.py", "check", "--deploy"], env)
+    started = start_up_failures(env)
+
+    assert check.returncode == 1
+    assert f"?: (billing_project.E001) {problem}\n\t{HINT}\n" in check.stderr
+    refusal = (
+        f"django.core.exceptions.ImproperlyConfigured: billing_project.E001: {problem} "
+        f"(hint: {HINT.removeprefix('HINT: ')})"
+    )
+    assert started == {"gunicorn": (1, refusal), "wsgi": (1, refusal), "asgi": (1, refusal)}
+
+
+COLLECTED_PROBE = """
+import json, re
+from billing_project.wsgi import application  # refuses to load without collected static
+from django.test import Client
+
+client = Client(HTTP_HOST="example.com")
+login = client.get("/portal/login/", secure=True)
+css = re.search(r'href="(/static/portal/portal\\.[0-9a-f]{12}\\.css)"', login.text).group(1)
+served = client.get(css, secure=True)
+print(json.dumps({"login": login.status_code, "css": served.status_code,
+                  "type": served["Content-Type"]}))
+"""
+
+
+def test_with_collectstatic_production_starts_and_serves_its_pages(tmp_path, collected_var):
+    env = production_env(tmp_path, var_dir=collected_var)
+
+    started = start_up_failures(env)
+    probe = run(["-c", COLLECTED_PROBE], env)
+
+    assert started == {"gunicorn": (0, ""), "wsgi": (0, ""), "asgi": (0, "")}
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout.strip().splitlines()[-1]) == {
+        "login": 200,
+        "css": 200,
+        "type": 'text/css; charset="utf-8"',
+    }

@@ -2,21 +2,34 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PORT ?= 8000
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install install-dev test-tools clean
 
+# What running needs: the service and the agent client its demo fleet is built on.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e . -e clients/python
+	touch $@
+
+# What testing adds: the dev extras (pytest, Playwright, ruff, ...).
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet -e clients/python
 	touch $@
 
 install: $(VENV)/.installed
 
-## run: migrate, seed the demo, serve on http://127.0.0.1:8000 with a Celery worker and beat
+install-dev: $(VENV)/.installed-dev
+
+## run: migrate, seed the demo, serve on http://127.0.0.1:$(PORT) with a Celery worker and beat
 run: install
-	$(PY) scripts/run_local.py
+	$(PY) scripts/run_local.py --port $(PORT)
+
+## test-tools: refuse (with the command that installs them) without PostgreSQL, Redis, Chromium
+test-tools:
+	@$(PYTHON) scripts/with_postgres.py --check
+	@$(PYTHON) -m tests.tools
 
 # The tests that also run on SQLite, the embedded default of `make run`: ingestion and rollups,
 # the close, reconcile, budgets, the usage API, Stripe usage reports and the portal's pages.
@@ -29,7 +42,7 @@ SQLITE_TESTS := tests/metering tests/invoicing/test_closing.py \
 
 ## test: lint, migration check, the whole suite on a throw-away PostgreSQL server, then the
 ## SQLite pass (SQLITE_TESTS on a SQLite file in a temporary directory)
-test: install
+test: test-tools install-dev
 	$(PY) -m ruff check .
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) scripts/with_postgres.py -- $(PY) -m pytest $(PYTEST_ARGS)
@@ -37,7 +50,7 @@ test: install
 		DATABASE_URL="sqlite:///$$tmp/billing.sqlite3" \
 		$(PY) -m pytest -m "not postgres" $(PYTEST_ARGS) $(SQLITE_TESTS)
 
-lint: install
+lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 

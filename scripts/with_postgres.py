@@ -2,6 +2,7 @@
 """Run a command against a throw-away PostgreSQL server, started and stopped here.
 
     python scripts/with_postgres.py [--durable] -- COMMAND [ARGS...]
+    python scripts/with_postgres.py --check
 
 If DATABASE_URL is already set, the command runs against that server and nothing is started.
 Otherwise a cluster is created in a temporary directory (initdb), started on a free loopback
@@ -9,7 +10,8 @@ port with its socket in that directory, DATABASE_URL is exported for the command
 cluster is stopped and removed afterwards, whatever the command's outcome. As root, the server
 runs as the `postgres` user (PostgreSQL refuses to run as root). By default durability is
 relaxed (fsync off) since test data is disposable; `--durable` keeps PostgreSQL's defaults, for
-benchmarks. Standard library only, so it runs before anything is installed.
+benchmarks. `--check` only says whether a server could be started (exit status 2 and the
+install command if not). Standard library only, so it runs before anything is installed.
 """
 
 from __future__ import annotations
@@ -55,19 +57,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--durable", action="store_true", help="keep fsync on (benchmarks)")
     parser.add_argument("--keep", action="store_true", help="do not delete the data directory")
+    parser.add_argument(
+        "--check", action="store_true", help="only check that a server can be had, then exit"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
+    if not command and not args.check:
         parser.error("give a command after --")
 
     if os.environ.get("DATABASE_URL"):
-        return subprocess.call(command)
+        return 0 if args.check else subprocess.call(command)
 
     initdb, pg_ctl = find_binary("initdb"), find_binary("pg_ctl")
     if not initdb or not pg_ctl:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
+    if args.check:
+        return 0
 
     base = tempfile.mkdtemp(prefix="billing-pg-")
     data = os.path.join(base, "data")

@@ -1,5 +1,5 @@
 """Shared fixtures: a fast password hasher, a private cache, no login throttling, an API client,
-customers, meters and keys."""
+customers, meters and keys; and the refusal to run tests whose programs are missing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,26 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from metering import services
+from tests import tools
 from tests.factories import CustomerFactory, MeterFactory
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse the whole run, before any test, when a selected test needs a program this
+    machine lacks (`@pytest.mark.needs(...)`, tests/tools.py): never a silent skip."""
+    needed: dict[str, int] = {}
+    for item in items:
+        for mark in item.iter_markers("needs"):
+            for name in mark.args:
+                needed[name] = needed.get(name, 0) + 1
+    absent = tools.missing(needed)
+    if absent:
+        tests = sum(
+            1
+            for item in items
+            if any(set(mark.args) & set(absent) for mark in item.iter_markers("needs"))
+        )
+        pytest.exit(tools.refusal(absent, tests=tests), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ each period is closed exactly once, with one invoice and one audit entry."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import timedelta
 
@@ -23,7 +22,7 @@ from tests.invoicing.conftest import EXAMPLE_PRICES
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+    pytest.mark.needs("redis-server"),
 ]
 CUSTOMERS = 60
 

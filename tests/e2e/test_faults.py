@@ -9,7 +9,6 @@ needs none), and the test acts while pg_stat_activity shows the session sleeping
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -48,7 +47,7 @@ from tests.e2e.stack import (
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+    pytest.mark.needs("redis-server"),
 ]
 CUSTOMERS = 4
 VISIBILITY = 5  # seconds: CELERY_VISIBILITY_TIMEOUT of the workers that are killed here

@@ -4,7 +4,6 @@ pushes them to Stripe; Stripe's signed `invoice.paid` webhooks settle them; reco
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 
 import pytest
@@ -21,7 +20,7 @@ from tests.e2e.stack import GRACE, REVIEW, hourly_plan, subscribe
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+    pytest.mark.needs("redis-server"),
 ]
 CUSTOMERS = 4
 

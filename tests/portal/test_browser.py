@@ -1,7 +1,8 @@
 """The portal and the admin in a real browser: Playwright drives Debian's Chromium against the
 live test server. Screenshots of each page go to test-output/screenshots/ (not committed).
 
-Never downloads a browser: without /usr/bin/chromium these tests are skipped.
+Never downloads a browser: they need Debian's /usr/bin/chromium (a run without it refuses to
+start, see tests/tools.py).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from metering import services as metering_services
 from metering.currencies import format_minor
 from metering.models import Customer, UsageEvent
 from tests.portal.conftest import PASSWORD, build_history, make_meters, make_portal_customer
+from tests.tools import CHROMIUM
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls of the test itself
 # are still synchronous and safe.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 ARGS = [
     "--headless",
@@ -43,9 +44,7 @@ ARGS = [
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) is not installed"
-    ),
+    pytest.mark.needs("chromium"),
     pytest.mark.django_db(transaction=True),
 ]
 

@@ -4,7 +4,6 @@ and scope in the shared cache (so across processes), and never an outage when th
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -231,7 +230,7 @@ def alternate(ports: list[int], plaintext: str, count: int) -> list[requests.Res
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+@pytest.mark.needs("redis-server")
 def test_two_servers_share_one_count_in_redis_and_fail_open_without_it(meters, tmp_path):
     _, plaintext = services.create_api_key(name="fleet")
     ports = [free_port(), free_port()]

@@ -1,5 +1,5 @@
-"""Top-level routes: the agent API under /api/v1/, its schema, the admin, health and the
-customer portal under /portal/ (the site's front page)."""
+"""Top-level routes: the agent API under /api/v1/, its schema, the admin, health, the site's
+icon and the customer portal under /portal/ (the site's front page)."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from invoicing.webhooks import stripe_webhook
 from metering.views import healthz
+from portal.views import favicon
 
 urlpatterns = [
     path("api/v1/", include("metering.urls")),
@@ -18,6 +19,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("favicon.ico", favicon, name="favicon"),
     # delivery and bounce tracking webhooks of the e-mail provider (django-anymail)
     path("anymail/", include("anymail.urls")),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),

@@ -8,21 +8,30 @@ Every object is looked up through that customer, so another customer's ids answe
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
+from django.contrib.staticfiles import finders
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse_lazy
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.utils.cache import patch_cache_control
+from django.views.decorators.http import (
+    require_GET,
+    require_http_methods,
+    require_POST,
+    require_safe,
+)
 
 from budgets import selectors as budget_selectors
 from budgets import services as budget_services
@@ -52,6 +61,8 @@ STATUS_TEXT = {
 }
 
 BREAKDOWN_CACHE_SECONDS = 60
+FAVICON = "portal/favicon.ico"  # in portal/static/
+FAVICON_MAX_AGE = 24 * 3600  # seconds
 
 
 # --- Accounts --------------------------------------------------------------------------------
@@ -417,3 +428,20 @@ def acknowledge(request: HttpRequest, customer: Customer) -> HttpResponse:
     else:
         messages.success(request, "Resumed: your agents may work for the rest of this period.")
     return redirect("portal:budget")
+
+
+# --- The site's icon -------------------------------------------------------------------------
+
+
+@functools.cache
+def _favicon() -> bytes:
+    return Path(finders.find(FAVICON)).read_bytes()
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on every page (the admin, the API docs and the
+    JSON answers too): the portal's icon, cached for a day."""
+    response = HttpResponse(_favicon(), content_type="image/x-icon")
+    patch_cache_control(response, public=True, max_age=FAVICON_MAX_AGE)
+    return response

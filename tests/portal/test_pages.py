@@ -9,6 +9,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -652,3 +653,25 @@ def test_dashboard_rates_the_period_once_with_a_budget(acme_history, client, mon
     usage, budget = page.context["usage"], page.context["budget"]["status"]
     assert budget.spent_minor == usage.total_minor == 2921
     assert budget.status == "active"
+
+
+FAVICON_FILE = Path(__file__).resolve().parents[2] / "portal" / "static" / "portal" / "favicon.ico"
+
+
+@pytest.mark.parametrize("method", ["get", "head"])
+def test_the_site_icon_is_served_at_favicon_ico_without_a_login(client, method):
+    response = getattr(client, method)("/favicon.ico")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/x-icon"
+    assert response["Cache-Control"] == "public, max-age=86400"
+    if method == "get":
+        assert response.content == FAVICON_FILE.read_bytes()
+        assert response.content[:4] == b"\x00\x00\x01\x00"  # an ICO file, one image
+
+
+def test_the_site_icon_refuses_writes(client):
+    response = client.post("/favicon.ico")
+
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"

@@ -289,8 +289,9 @@ client = Client(HTTP_HOST="example.com")
 login = client.get("/portal/login/", secure=True)
 css = re.search(r'href="(/static/portal/portal\\.[0-9a-f]{12}\\.css)"', login.text).group(1)
 served = client.get(css, secure=True)
+icon = client.get("/favicon.ico", secure=True)
 print(json.dumps({"login": login.status_code, "css": served.status_code,
-                  "type": served["Content-Type"]}))
+                  "type": served["Content-Type"], "icon": icon.status_code}))
 """
 
 
@@ -306,4 +307,5 @@ def test_with_collectstatic_production_starts_and_serves_its_pages(tmp_path, col
         "login": 200,
         "css": 200,
         "type": 'text/css; charset="utf-8"',
+        "icon": 200,
     }

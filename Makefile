@@ -24,7 +24,7 @@ install-dev: $(VENV)/.installed-dev
 
 ## run: migrate, seed the demo, serve on http://127.0.0.1:$(PORT) with a Celery worker and beat
 run: install
-	$(PY) scripts/run_local.py --port $(PORT)
+	@$(PY) scripts/run_local.py --port $(PORT)
 
 ## test-tools: refuse (with the command that installs them) without PostgreSQL, Redis, Chromium
 test-tools:

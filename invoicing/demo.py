@@ -34,6 +34,7 @@ DEMO_PRICES = [
 DEMO_PLANS = [
     ("demo-hourly", "Demo (hourly periods)", "USD", "hour", "acme"),
     ("pro-eur", "Pro (EUR)", "EUR", "month", "globex"),
+    ("pro-usd", "Pro (USD)", "USD", "month", "initech"),
 ]
 
 

@@ -20,6 +20,9 @@ DEMO_CUSTOMERS = [
     # external id, name, currency, time zone, portal login
     ("acme", "Acme Robotics", "USD", "America/New_York", "acme"),
     ("globex", "Globex Research", "EUR", "Europe/Berlin", "globex"),
+    # The README's API example: no budget cap, and the demo agent fleet never works for it,
+    # so the example's answers are the same on every machine.
+    ("initech", "Initech Labs", "USD", "UTC", "initech"),
 ]
 FINANCE_LOGIN = "finance"
 # Demo-only passwords, printed by the run command; seed_demo refuses to run in production.

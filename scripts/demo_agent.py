@@ -37,6 +37,8 @@ except ImportError:  # not installed in this environment: use the source tree
     import agent_billing
 
 MODELS = ["small", "medium", "large"]
+# The customers the fleet works for by default: never `initech`, the README's API example.
+FLEET_CUSTOMERS = ("acme", "globex")
 DEMO_CAPS = {"acme": 3000}  # minor units (30.00 USD), action "pause"
 
 
@@ -148,7 +150,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="a simulated agent fleet for the demo")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--key-file", default=str(ROOT / "var" / "demo-api-key"))
-    parser.add_argument("--customers", default="acme,globex")
+    parser.add_argument("--customers", default=",".join(FLEET_CUSTOMERS))
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--spool", default=str(ROOT / "var" / "demo-agent-spool.sqlite3"))
     parser.add_argument("--report-every", type=float, default=60.0, help="seconds")

@@ -318,11 +318,11 @@ def test_seed_demo_twice_creates_the_demo_rows_once(tmp_path):
     second_out, _ = _run("seed_demo", key_file=str(key_file))
 
     assert after_first == {
-        "users": 3,
-        "customers": 2,
+        "users": 4,
+        "customers": 3,
         "meters": 3,
         "keys": 1,
-        "memberships": 2,
+        "memberships": 3,
     }
     assert _demo_counts() == after_first
     assert key_file.read_text() == key_text
@@ -333,6 +333,7 @@ def test_seed_demo_twice_creates_the_demo_rows_once(tmp_path):
     assert sorted(Customer.objects.values_list("external_id", "currency", "timezone")) == [
         ("acme", "USD", "America/New_York"),
         ("globex", "EUR", "Europe/Berlin"),
+        ("initech", "USD", "UTC"),
     ]
     assert sorted(Meter.objects.values_list("code", "aggregation")) == [
         ("agent_minutes", "sum"),

@@ -12,24 +12,6 @@ from tests import tools
 from tests.factories import CustomerFactory, MeterFactory
 
 
-def pytest_collection_modifyitems(config, items):
-    """Refuse the whole run, before any test, when a selected test needs a program this
-    machine lacks (`@pytest.mark.needs(...)`, tests/tools.py): never a silent skip."""
-    needed: dict[str, int] = {}
-    for item in items:
-        for mark in item.iter_markers("needs"):
-            for name in mark.args:
-                needed[name] = needed.get(name, 0) + 1
-    absent = tools.missing(needed)
-    if absent:
-        tests = sum(
-            1
-            for item in items
-            if any(set(mark.args) & set(absent) for mark in item.iter_markers("needs"))
-        )
-        pytest.exit(tools.refusal(absent, tests=tests), returncode=pytest.ExitCode.USAGE_ERROR)
-
-
 @pytest.fixture(autouse=True)
 def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -106,10 +88,26 @@ def api(service_key):
     return client
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `postgres` cannot run elsewhere: on another engine they are skipped with
+    """Refuse the whole run, before any test, when a selected test needs a program this
+    machine lacks (`@pytest.mark.needs(...)`, tests/tools.py): never a silent skip.
+
+    Tests marked `postgres` cannot run elsewhere: on another engine they are skipped with
     a reason (the SQLite pass of `make test` deselects them with -m "not postgres")."""
     from django.db import connection
+
+    needing = [item for item in items if any(item.iter_markers("needs"))]
+    absent = tools.missing(
+        name for item in needing for mark in item.iter_markers("needs") for name in mark.args
+    )
+    if absent:
+        tests = sum(
+            1
+            for item in needing
+            if any(set(mark.args) & set(absent) for mark in item.iter_markers("needs"))
+        )
+        pytest.exit(tools.refusal(absent, tests=tests), returncode=pytest.ExitCode.USAGE_ERROR)
 
     if connection.vendor == "postgresql":
         return

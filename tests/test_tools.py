@@ -68,6 +68,25 @@ def test_a_run_that_needs_no_missing_program_is_not_refused(tmp_path):
     assert "Refusing" not in result.stdout + result.stderr
 
 
+def test_a_test_deselected_by_keyword_needs_nothing(tmp_path):
+    result = run_without_redis(
+        tmp_path,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--collect-only",
+        "tests/security/test_rate_limit.py",
+        "-k",
+        "not redis",
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Refusing" not in result.stdout + result.stderr
+    assert "test_two_servers_share_one_count_in_the_embedded_file_cache" in result.stdout
+
+
 def test_a_program_at_a_fixed_path_is_missing_when_that_path_is(tmp_path, monkeypatch):
     absent = tools.Program("chromium", "the browser tests", tmp_path / "chromium")
     monkeypatch.setitem(tools.PROGRAMS, "chromium", absent)

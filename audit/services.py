@@ -30,14 +30,16 @@ def build_audit_entry(
     action: str,
     obj: models.Model,
     user: Any = None,
+    actor_label: str = "",
     customer_external_id: str = "",
     data: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    """An unsaved entry; `user` is a Django user or None for the system (beat, worker, API)."""
+    """An unsaved entry; `user` is a Django user, else `actor_label` names who acted (an API
+    key: "api key <prefix>"), else it is the system (beat, worker)."""
     return AuditEntry(
         action=action,
         actor_id=getattr(user, "pk", None),
-        actor=getattr(user, "username", None) or SYSTEM,
+        actor=(getattr(user, "username", None) or actor_label or SYSTEM)[:150],
         object_type=obj._meta.label_lower,
         object_id=str(obj.pk),
         customer_external_id=customer_external_id,
@@ -70,12 +72,18 @@ def record_audit(
     action: str,
     obj: models.Model,
     user: Any = None,
+    actor_label: str = "",
     customer_external_id: str = "",
     data: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Append one entry now."""
     entry = build_audit_entry(
-        action=action, obj=obj, user=user, customer_external_id=customer_external_id, data=data
+        action=action,
+        obj=obj,
+        user=user,
+        actor_label=actor_label,
+        customer_external_id=customer_external_id,
+        data=data,
     )
     entry.save()
     _track([entry])

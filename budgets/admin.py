@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from budgets import rules, services
-from budgets.models import BudgetAlert, BudgetCap, BudgetPeriodState
+from budgets.models import BudgetAlert, BudgetCap, BudgetEvent, BudgetPeriodState
 
 
 class BudgetCapForm(forms.ModelForm):
@@ -68,6 +68,7 @@ class BudgetPeriodStateAdmin(admin.ModelAdmin):
         "spent_minor",
         "cap_minor",
         "acknowledged_by",
+        "acknowledged_cap_minor",
         "checked_at",
     ]
     list_filter = ["status"]  # finance staff filter the paused customers here
@@ -121,4 +122,23 @@ class BudgetAlertAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: BudgetAlert | None = None) -> bool:
+        return False
+
+
+@admin.register(BudgetEvent)
+class BudgetEventAdmin(admin.ModelAdmin):
+    """Pauses and resumes: when, why, and who did it (read only)."""
+
+    list_display = ["created_at", "customer", "period_start", "kind", "cause", "actor"]
+    list_filter = ["kind", "cause"]
+    search_fields = ["customer__external_id", "actor"]
+    readonly_fields = [f.name for f in BudgetEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: BudgetEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: BudgetEvent | None = None) -> bool:
         return False

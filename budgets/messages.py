@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from budgets.models import BudgetEvent
 from budgets.selectors import BudgetStatus
 from metering.currencies import format_minor
 from notifications.models import Notification
@@ -13,7 +14,10 @@ from notifications.services import queue_notification, queue_operator_webhook
 
 
 def queue_budget_messages(status: BudgetStatus) -> None:
-    """Queue the e-mails and operator webhooks for new alerts and pause/resume transitions."""
+    """Queue the e-mails and operator webhooks for new alerts and pause/resume transitions.
+
+    Each threshold crossed is one message, except that the thresholds a new cap finds crossed
+    at once make one message (naming the highest and listing them)."""
     customer = status.customer
     period = status.period_start.isoformat() if status.period_start else ""
     base = {
@@ -27,23 +31,36 @@ def queue_budget_messages(status: BudgetStatus) -> None:
         "remaining_minor": status.remaining_minor,
         "status": status.status,
         "action": status.action,
+        "acknowledged": status.acknowledged,
         "period_start": period,
         "period_end": status.period_end.isoformat() if status.period_end else "",
         "portal_url": settings.PORTAL_BASE_URL.rstrip("/") + "/portal/budget/",
     }
-    for alert in status.new_alerts:
-        context = {**base, "threshold": alert.threshold}
+    alerts = sorted(status.new_alerts, key=lambda alert: alert.threshold)
+    if status.cause == BudgetEvent.Cause.CAP_CHANGED and alerts:
+        groups = [alerts]
+    else:
+        groups = [[alert] for alert in alerts]
+    for group in groups:
+        top = group[-1]  # the highest threshold of the group keys its message
+        thresholds = [alert.threshold for alert in group]
+        context = {
+            **base,
+            "threshold": top.threshold,
+            "thresholds": thresholds,
+            "thresholds_text": _percentages(thresholds),
+        }
         queue_notification(
-            key=f"budget-alert:{alert.pk}",
+            key=f"budget-alert:{top.pk}",
             kind=Notification.Kind.BUDGET_ALERT,
             recipients=list(customer.emails),
-            subject=f"{alert.threshold}% of your budget used ({base['spent']} of {base['cap']})",
+            subject=f"{top.threshold}% of your budget used ({base['spent']} of {base['cap']})",
             context=context,
             customer=customer,
             period_start=status.period_start,
         )
         queue_operator_webhook(
-            key=f"threshold:{alert.pk}",
+            key=f"threshold:{top.pk}",
             event="budget.threshold_crossed",
             customer=customer,
             payload=context,
@@ -72,3 +89,9 @@ def queue_budget_messages(status: BudgetStatus) -> None:
             customer=customer,
             payload=base,
         )
+
+
+def _percentages(values: list[int]) -> str:
+    """[50, 80, 100] -> "50%, 80% and 100%"."""
+    texts = [f"{value}%" for value in values]
+    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} and {texts[-1]}"

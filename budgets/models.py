@@ -67,8 +67,14 @@ class BudgetPeriodState(models.Model):
     # checks that change nothing are reads and leave the row alone.
     spent_minor = models.BigIntegerField(default=0)
     cap_minor = models.BigIntegerField(null=True, blank=True)
+    # The last acknowledgement of the period, and the cap it covers: it lets spend go past that
+    # cap (no pause, no cap credit), never past a cap set afterwards. Setting a new cap ends it
+    # (acknowledged_cap_minor None) and keeps what was spent under it in
+    # acknowledged_spent_minor, which the period bills whatever the new cap.
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.CharField(max_length=150, blank=True)
+    acknowledged_cap_minor = models.BigIntegerField(null=True, blank=True)
+    acknowledged_spent_minor = models.BigIntegerField(default=0)
     paused_at = models.DateTimeField(null=True, blank=True)
     pause_count = models.PositiveIntegerField(default=0)  # pauses this period (keys events)
     resume_count = models.PositiveIntegerField(default=0)
@@ -110,3 +116,42 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer.external_id} {self.threshold}% at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class BudgetEvent(models.Model):
+    """A pause or a resume of a customer in a period, why, and who did it: the history the
+    portal shows beside the thresholds crossed. Written in the check that made the change,
+    under the state's lock; `sequence` is the period's pause (or resume) count, so a change is
+    recorded once however many checks race."""
+
+    class Kind(models.TextChoices):
+        PAUSED = "paused", "Paused"
+        RESUMED = "resumed", "Resumed"
+
+    class Cause(models.TextChoices):
+        USAGE = "usage", "spend reached the cap"
+        CAP_CHANGED = "cap_changed", "the cap was changed"
+        ACKNOWLEDGED = "acknowledged", "the pause was acknowledged"
+        NEW_PERIOD = "new_period", "a new billing period began"
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="budget_events")
+    period_start = models.DateTimeField()
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    sequence = models.PositiveIntegerField()
+    cause = models.CharField(max_length=16, choices=Cause.choices)
+    cap_minor = models.BigIntegerField(null=True, blank=True)
+    spent_minor = models.BigIntegerField()
+    actor = models.CharField(max_length=150, help_text="user name, API key, or 'system'")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "period_start", "kind", "sequence"],
+                name="budget_event_once",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer.external_id} {self.kind} at {self.created_at:%Y-%m-%d %H:%M}"

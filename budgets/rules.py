@@ -8,9 +8,9 @@ through these functions, so they cannot disagree.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 
 from budgets.models import BudgetCap, BudgetPeriodState
+from invoicing.hooks import PeriodCap
 
 MAX_CAP_MINOR = 10**15
 MAX_THRESHOLDS = 10
@@ -69,12 +69,27 @@ def crossed_thresholds(
     return sorted(t for t in thresholds if spent * 100 >= t * cap_minor)
 
 
-def status_for(*, cap: BudgetCap | None, acknowledged_at: datetime | None, spent: int) -> str:
-    """`paused` at or past a `pause` cap not acknowledged this period, `warning` once a
-    threshold is crossed, else `active` (also without a cap)."""
+def acknowledged(*, state: BudgetPeriodState | None, cap_minor: int | None) -> bool:
+    """Whether the period's acknowledgement covers this cap: only the cap it acknowledged,
+    never one set afterwards."""
+    return (
+        state is not None
+        and cap_minor is not None
+        and state.acknowledged_cap_minor is not None
+        and state.acknowledged_cap_minor == cap_minor
+    )
+
+
+def status_for(*, cap: BudgetCap | None, state: BudgetPeriodState | None, spent: int) -> str:
+    """`paused` at or past a `pause` cap that this period's acknowledgement does not cover,
+    `warning` once a threshold is crossed, else `active` (also without a cap)."""
     if cap is None or cap.cap_minor is None:
         return ACTIVE
-    if cap.action == BudgetCap.Action.PAUSE and spent >= cap.cap_minor and not acknowledged_at:
+    if (
+        cap.action == BudgetCap.Action.PAUSE
+        and spent >= cap.cap_minor
+        and not acknowledged(state=state, cap_minor=cap.cap_minor)
+    ):
         return PAUSED
     crossed = crossed_thresholds(cap_minor=cap.cap_minor, thresholds=cap.thresholds, spent=spent)
     return WARNING if crossed else ACTIVE
@@ -82,10 +97,14 @@ def status_for(*, cap: BudgetCap | None, acknowledged_at: datetime | None, spent
 
 def cap_limiting_period(
     *, state: BudgetPeriodState | None, current_cap_minor: int | None
-) -> int | None:
-    """The cap that limits what a period bills: the cap in force at the period's last check
-    (a later change does not reach back), none if the customer acknowledged going over it in
-    that period; a period never checked is limited by the current cap."""
-    if state is not None:
-        return None if state.acknowledged_at is not None else state.cap_minor
-    return current_cap_minor
+) -> PeriodCap | None:
+    """What limits a period's bill: the cap in force at the period's last check (a later
+    change does not reach back), none if the period's acknowledgement covers that cap; a
+    period never checked is limited by the current cap. Usage acknowledged under an earlier
+    cap of the period is billed whatever the cap set after it (the credit applies from the
+    moment that cap was set)."""
+    if state is None:
+        return None if current_cap_minor is None else PeriodCap(cap_minor=current_cap_minor)
+    if state.cap_minor is None or acknowledged(state=state, cap_minor=state.cap_minor):
+        return None
+    return PeriodCap(cap_minor=state.cap_minor, acknowledged_minor=state.acknowledged_spent_minor)

@@ -13,8 +13,15 @@ from datetime import datetime
 from django.db import connection
 
 from budgets import rules
-from budgets.models import BudgetAlert, BudgetCap, BudgetPeriodState, default_thresholds
+from budgets.models import (
+    BudgetAlert,
+    BudgetCap,
+    BudgetEvent,
+    BudgetPeriodState,
+    default_thresholds,
+)
 from invoicing import selectors as invoicing_selectors
+from invoicing.hooks import PeriodCap
 from invoicing.models import BillingPeriod
 from metering.models import Customer
 
@@ -32,8 +39,10 @@ class BudgetStatus:
     period_end: datetime | None
     action: str | None = None
     thresholds: list[int] = field(default_factory=default_thresholds)
+    acknowledged: bool = False  # the period's acknowledgement covers this cap
     new_alerts: list[BudgetAlert] = field(default_factory=list)
     transition: str | None = None  # "paused" or "resumed" when the check changed it
+    cause: str | None = None  # what the check followed: a BudgetEvent.Cause
     pause_count: int = 0
     resume_count: int = 0
 
@@ -54,6 +63,7 @@ def status_of(
     status: str,
     new_alerts: list[BudgetAlert] | None = None,
     transition: str | None = None,
+    cause: str | None = None,
 ) -> BudgetStatus:
     """The one place a BudgetStatus is assembled (reads and checks alike)."""
     return BudgetStatus(
@@ -66,8 +76,10 @@ def status_of(
         period_end=period.end if period is not None else None,
         action=cap.action if cap else None,
         thresholds=sorted(cap.thresholds) if cap else default_thresholds(),
+        acknowledged=rules.acknowledged(state=state, cap_minor=cap.cap_minor if cap else None),
         new_alerts=new_alerts or [],
         transition=transition,
+        cause=cause,
         pause_count=state.pause_count if state else 0,
         resume_count=state.resume_count if state else 0,
     )
@@ -94,9 +106,7 @@ def get_budget_status(
     state = BudgetPeriodState.objects.filter(customer=customer, period_start=period.start).first()
     if spent is None:
         spent = invoicing_selectors.preview_period_usage(period=period).total_minor
-    status = rules.status_for(
-        cap=cap, acknowledged_at=state.acknowledged_at if state else None, spent=spent
-    )
+    status = rules.status_for(cap=cap, state=state, spent=spent)
     return status_of(
         customer=customer, period=period, cap=cap, state=state, spent=spent, status=status
     )
@@ -124,9 +134,7 @@ def status_if_unchanged(*, customer: Customer, period: BillingPeriod) -> BudgetS
         )
         if not set(crossed) <= alerted:
             return None
-    status = rules.status_for(
-        cap=cap, acknowledged_at=state.acknowledged_at if state else None, spent=spent
-    )
+    status = rules.status_for(cap=cap, state=state, spent=spent)
     if state is not None and (
         status != state.status or state.cap_minor != (cap.cap_minor if cap else None)
     ):
@@ -169,9 +177,9 @@ def customer_ids_to_check() -> set[int]:
     return set(capped) | set(paused)
 
 
-def caps_for_periods(periods: Sequence[BillingPeriod]) -> dict[int, int | None]:
-    """Period pk -> the cap that limits what it may bill (rules.cap_limiting_period), in two
-    queries: the close asks this for a batch (through invoicing.hooks)."""
+def caps_for_periods(periods: Sequence[BillingPeriod]) -> dict[int, PeriodCap | None]:
+    """Period pk -> what limits its bill (rules.cap_limiting_period), in two queries: the
+    close asks this for a batch (through invoicing.hooks)."""
     customer_ids = {p.customer_id for p in periods}
     starts = {p.start for p in periods}
     states = {
@@ -199,6 +207,61 @@ def list_budget_alerts(*, customer: Customer, limit: int = 100) -> list[BudgetAl
     return list(
         BudgetAlert.objects.filter(customer=customer).order_by("-created_at", "-pk")[:limit]
     )
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of a customer's budget history: a threshold crossed, a pause or a resume."""
+
+    at: datetime
+    period_start: datetime
+    event: str  # "80% threshold", "Paused", "Resumed"
+    cause: str  # why a pause or resume happened, for people ("" for a threshold)
+    by: str  # who did it: a user name, an API key, "system" ("" for a threshold)
+    spent_minor: int
+    cap_minor: int | None
+
+
+def list_budget_history(*, customer: Customer, limit: int = 100) -> list[HistoryEntry]:
+    """The thresholds crossed, the pauses and the resumes, newest first; at the same instant a
+    pause or resume comes before the thresholds (it follows from them)."""
+    ranked: list[tuple[datetime, int, int, HistoryEntry]] = [
+        (
+            alert.created_at,
+            0,
+            alert.pk,
+            HistoryEntry(
+                at=alert.created_at,
+                period_start=alert.period_start,
+                event=f"{alert.threshold}% threshold",
+                cause="",
+                by="",
+                spent_minor=alert.spent_minor,
+                cap_minor=alert.cap_minor,
+            ),
+        )
+        for alert in list_budget_alerts(customer=customer, limit=limit)
+    ]
+    events = BudgetEvent.objects.filter(customer=customer).order_by("-created_at", "-pk")
+    ranked += [
+        (
+            event.created_at,
+            1,
+            event.pk,
+            HistoryEntry(
+                at=event.created_at,
+                period_start=event.period_start,
+                event=event.get_kind_display(),
+                cause=event.get_cause_display(),
+                by=event.actor,
+                spent_minor=event.spent_minor,
+                cap_minor=event.cap_minor,
+            ),
+        )
+        for event in events[:limit]
+    ]
+    ranked.sort(key=lambda item: item[:3], reverse=True)
+    return [entry for *_, entry in ranked[:limit]]
 
 
 def get_budget_cap(*, customer: Customer) -> BudgetCap | None:

@@ -58,7 +58,7 @@ class BudgetView(APIView):
             thresholds=data["thresholds"],
             action=data["action"],
             now=timezone.now(),
-            actor_label=f"api key {request.auth.prefix}",
+            actor_label=request.auth.actor_label,
         )
         return Response(BudgetOutput(state).data)
 
@@ -78,6 +78,6 @@ class AcknowledgeView(APIView):
         state = services.acknowledge_pause(  # services.NothingPaused: 409
             customer=customer,
             now=timezone.now(),
-            actor_label=f"api key {request.auth.prefix}",
+            actor_label=request.auth.actor_label,
         )
         return Response(BudgetOutput(state).data)

@@ -10,12 +10,28 @@ a cap silently.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from django.core.exceptions import ImproperlyConfigured
 
 from invoicing.models import BillingPeriod
 
-PeriodCaps = Callable[[Sequence[BillingPeriod]], dict[int, int | None]]
+
+@dataclass(frozen=True)
+class PeriodCap:
+    """What limits a period's bill, in minor units: its budget cap, and the usage acknowledged
+    under an earlier cap of the period, billed whatever this cap (0: none)."""
+
+    cap_minor: int
+    acknowledged_minor: int = 0
+
+    @property
+    def limit_minor(self) -> int:
+        """The most the period bills over all its invoices."""
+        return max(self.cap_minor, self.acknowledged_minor)
+
+
+PeriodCaps = Callable[[Sequence[BillingPeriod]], dict[int, PeriodCap | None]]
 _period_caps: PeriodCaps | None = None
 
 
@@ -24,8 +40,8 @@ def register_period_caps(function: PeriodCaps) -> None:
     _period_caps = function
 
 
-def period_caps(periods: Sequence[BillingPeriod]) -> dict[int, int | None]:
-    """Period pk -> the cap in minor units that limits it, or None (no cap, or acknowledged)."""
+def period_caps(periods: Sequence[BillingPeriod]) -> dict[int, PeriodCap | None]:
+    """Period pk -> what limits its bill, or None (no cap, or the cap acknowledged)."""
     if not periods:
         return {}
     if _period_caps is None:

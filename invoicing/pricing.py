@@ -94,6 +94,8 @@ class PricingRecord:
     portions: tuple[PricedPortion, ...] = ()  # empty when nothing is billable
     cap_minor: int | None = None  # cap credit: the period's budget cap, in minor units
     uncapped_minor: int | None = None  # cap credit: the usage rated before the cap
+    # cap credit: usage acknowledged under an earlier cap of the period, billed beyond this one
+    acknowledged_minor: int | None = None
     dimensions: tuple[tuple[str, str | None], ...] = ()  # (name, value), in the price's order
     rule: tuple[tuple[str, str], ...] | None = None  # the matching rule's `match` entries
 
@@ -124,9 +126,16 @@ class PricingRecord:
         )
 
     @classmethod
-    def cap_credit(cls, *, cap_minor: int, uncapped_minor: int) -> PricingRecord:
-        """The record of a cap credit line: the cap, and what the usage came to before it."""
-        return cls(cap_minor=cap_minor, uncapped_minor=uncapped_minor)
+    def cap_credit(
+        cls, *, cap_minor: int, uncapped_minor: int, acknowledged_minor: int | None = None
+    ) -> PricingRecord:
+        """The record of a cap credit line: the cap, what the usage came to before it, and the
+        usage acknowledged under an earlier cap, billed beyond this one (None: none)."""
+        return cls(
+            cap_minor=cap_minor,
+            uncapped_minor=uncapped_minor,
+            acknowledged_minor=acknowledged_minor,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The stored form (`InvoiceLine.pricing`): decimals as exact strings, amounts as ints.
@@ -138,6 +147,8 @@ class PricingRecord:
             data: dict[str, Any] = {"cap_minor": self.cap_minor}
             if self.uncapped_minor is not None:
                 data["uncapped_minor"] = self.uncapped_minor
+            if self.acknowledged_minor is not None:
+                data["acknowledged_minor"] = self.acknowledged_minor
         elif self.model is None:
             data = {"model": None}
         else:
@@ -170,8 +181,9 @@ class PricingRecord:
     @classmethod
     def from_json(cls, data: object) -> PricingRecord:
         """A stored record read back: every shape written so far (a rated line, `{"model":
-        null}`, a cap credit with or without `uncapped_minor`, the empty default `{}`), numbers
-        as strings or JSON numbers. Anything that is not an object reads as no price."""
+        null}`, a cap credit with or without `uncapped_minor` and `acknowledged_minor`, the
+        empty default `{}`), numbers as strings or JSON numbers. Anything that is not an
+        object reads as no price."""
         if not isinstance(data, Mapping):
             return cls()
         portions = data.get("portions")
@@ -200,6 +212,7 @@ class PricingRecord:
             ),
             cap_minor=_int(data.get("cap_minor")),
             uncapped_minor=_int(data.get("uncapped_minor")),
+            acknowledged_minor=_int(data.get("acknowledged_minor")),
             dimensions=tuple(
                 (str(name), None if value is None else str(value))
                 for name, value in (dimensions.items() if isinstance(dimensions, Mapping) else ())
@@ -307,6 +320,9 @@ def describe_price(pricing: PricingRecord, *, kind: str, unit: str, currency: st
     """
     if pricing.cap_minor is not None:
         text = f"Budget cap {format_minor(pricing.cap_minor, currency)}"
+        if pricing.acknowledged_minor is not None:
+            acknowledged = format_minor(pricing.acknowledged_minor, currency)
+            text += f", set after {acknowledged} of acknowledged usage (billed)"
         if pricing.uncapped_minor is not None:
             uncapped = format_minor(pricing.uncapped_minor, currency)
             text += f"; usage rated at {uncapped} before the cap"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from metering.models import ApiKey
+
 AfterIngest = Callable[..., dict[str, dict]]
 _after_ingest: AfterIngest | None = None
 
@@ -18,8 +20,9 @@ def register_after_ingest(function: AfterIngest) -> None:
     _after_ingest = function
 
 
-def after_ingest(*, customer_ids: set[int]) -> dict[str, dict]:
-    """Run the registered check for the batch's customers; their statuses by external id."""
+def after_ingest(*, customer_ids: set[int], api_key: ApiKey | None = None) -> dict[str, dict]:
+    """Run the registered check for the batch's customers (posted with `api_key`, which a
+    pause it causes is recorded as done by); their statuses by external id."""
     if _after_ingest is None:
         return {}
-    return _after_ingest(customer_ids=customer_ids)
+    return _after_ingest(customer_ids=customer_ids, api_key=api_key)

@@ -137,6 +137,11 @@ class ApiKey(models.Model):
     def is_service_wide(self) -> bool:
         return self.customer_id is None
 
+    @property
+    def actor_label(self) -> str:
+        """How the audit log and histories name what this key did."""
+        return f"api key {self.prefix}"
+
 
 class UsageEvent(models.Model):
     """One usage event as an agent reported it; the source of truth for billing.

@@ -18,6 +18,7 @@ from billing_project.api_errors import ErrorOutput
 from billing_project.errors import RequestTooLarge, UnsupportedContentType
 from metering import event_parsing, hooks, selectors, services
 from metering.authentication import HasApiKey
+from metering.models import ApiKey
 from metering.parsers import FastJSONRenderer
 from metering.serializers import IngestionOutput, MeterOutput
 
@@ -33,11 +34,11 @@ _EVENT_EXAMPLE = {
 }
 
 
-def _customer_statuses(customer_ids: set[int]) -> dict[str, dict]:
+def _customer_statuses(customer_ids: set[int], api_key: ApiKey) -> dict[str, dict]:
     """Budget status per customer after the batch committed. The events are stored whatever
     happens here, so a failing check is logged and reported as unknown, never as a 500."""
     try:
-        return hooks.after_ingest(customer_ids=customer_ids)
+        return hooks.after_ingest(customer_ids=customer_ids, api_key=api_key)
     except Exception:
         logger.exception("budget check after ingestion failed")
         return {}
@@ -102,7 +103,7 @@ class IngestEventsView(APIView):
             "duplicates": result.count(services.DUPLICATE),
             "conflicts": conflicts,
             "events": [{"event_id": eid, "status": st} for eid, st in result.statuses],
-            "customers": _customer_statuses(result.customer_ids),
+            "customers": _customer_statuses(result.customer_ids, request.auth),
         }
         code = (
             status.HTTP_409_CONFLICT if (conflicts and not is_batch) else status.HTTP_202_ACCEPTED

@@ -372,6 +372,7 @@ def _budget_page(
             "form": form,
             "budget": budget_view_model(budget),
             "alerts": budget_selectors.list_budget_alerts(customer=customer),
+            "history": budget_selectors.list_budget_history(customer=customer),
         },
         status=status,
     )

@@ -263,19 +263,21 @@ def _bill_window(
 
 
 def _cap_credit_for_new_period(
-    period: BillingPeriod, lines: list[LineDraft], cap: int | None
+    period: BillingPeriod, lines: list[LineDraft], cap: hooks.PeriodCap | None
 ) -> list[LineDraft]:
-    """A closing period has no earlier lines: it bills min(total, cap)."""
+    """A closing period has no earlier lines: it bills min(total, the cap's limit)."""
     total = sum(line.amount_minor for line in lines)
-    if cap is None or total <= cap:
+    if cap is None or total <= cap.limit_minor:
         return []
     return [
-        _cap_credit_line(period, cap=cap, uncapped=total, credit=cap - total, label="this period")
+        _cap_credit_line(
+            period, cap=cap, uncapped=total, credit=cap.limit_minor - total, label="this period"
+        )
     ]
 
 
 def _cap_credit_line(
-    period: BillingPeriod, *, cap: int, uncapped: int, credit: int, label: str
+    period: BillingPeriod, *, cap: hooks.PeriodCap, uncapped: int, credit: int, label: str
 ) -> LineDraft:
     return LineDraft(
         kind=InvoiceLine.Kind.CAP_CREDIT,
@@ -283,7 +285,11 @@ def _cap_credit_line(
         description=f"Budget cap credit ({label}): usage beyond the cap is not charged",
         quantity=Decimal(0),
         amount_minor=credit,
-        pricing=PricingRecord.cap_credit(cap_minor=cap, uncapped_minor=uncapped),
+        pricing=PricingRecord.cap_credit(
+            cap_minor=cap.cap_minor,
+            uncapped_minor=uncapped,
+            acknowledged_minor=cap.acknowledged_minor if cap.limit_minor > cap.cap_minor else None,
+        ),
         source_period_id=period.pk,
     )
 
@@ -291,10 +297,10 @@ def _cap_credit_line(
 def _cap_credit_for_late_usage(
     source: BillingPeriod, new_lines: list[LineDraft], *, label: str
 ) -> list[LineDraft]:
-    """Late usage of a capped period: offset what would take its total over the cap.
+    """Late usage of a capped period: offset what would take its total over the cap's limit.
 
-    What a period bills over all invoices is min(uncapped usage, cap); what earlier invoices
-    billed for it (usage, adjustments and credits) is counted.
+    What a period bills over all invoices is min(uncapped usage, the limit); what earlier
+    invoices billed for it (usage, adjustments and credits) is counted.
     """
     cap = hooks.period_caps([source])[source.pk]
     if cap is None:
@@ -307,14 +313,11 @@ def _cap_credit_for_late_usage(
     )
     earlier_net = sum(earlier.values_list("amount_minor", flat=True))
     new_amount = sum(line.amount_minor for line in new_lines)
-    credit = min(earlier_uncapped + new_amount, cap) - earlier_net - new_amount  # <= 0
+    uncapped = earlier_uncapped + new_amount
+    credit = min(uncapped, cap.limit_minor) - earlier_net - new_amount  # <= 0
     if credit >= 0:
         return []
-    return [
-        _cap_credit_line(
-            source, cap=cap, uncapped=earlier_uncapped + new_amount, credit=credit, label=label
-        )
-    ]
+    return [_cap_credit_line(source, cap=cap, uncapped=uncapped, credit=credit, label=label)]
 
 
 # The one window for usage from before a customer's first period, so that repeated late

@@ -106,7 +106,12 @@ def test_the_cap_covers_the_plans_minimum_charges_too(
     put_budget(cap_minor=100, thresholds=[50, 80, 100], action="pause")
     first = post_tasks(1)[0]
     assert first["customers"] == {"acme": {"status": "paused", "remaining_minor": 0}}
-    assert len(mailoutbox) == 4  # 50, 80 and 100 % at once, and finance
+    # the new cap finds 50, 80 and 100 % crossed at once: one message to the customer (issue
+    # 13 item 7; it was one per threshold), and finance's pause notice
+    assert [m.subject for m in mailoutbox] == [
+        "100% of your budget used ($5.00 of $1.00)",
+        "Customer acme paused at its budget cap",
+    ]
     post_tasks(29)
 
     invoice = close(1, clock)

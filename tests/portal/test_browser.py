@@ -215,7 +215,9 @@ def test_customer_journey(page, live_server, acme_world):
     assert (
         page.locator("[data-budget-status]").first.get_attribute("data-budget-status") == "paused"
     )
-    assert page.locator("#alerts tbody tr").count() == 3
+    # the three thresholds and, since issue 13 item 7, the pause they caused
+    assert page.locator("#alerts tbody tr").count() == 4
+    assert "Paused: the cap was changed" in page.locator("#alerts").inner_text()
     shot(page, "budget_paused")
     page.get_by_label("Cap per billing period (USD)").fill("250.50")
     submit(page, "Save budget")

@@ -21,14 +21,14 @@ from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Exists, OuterRef, QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from audit.services import record_audit
-from invoicing import stripe_admin  # registers the Stripe models' admin pages
+from invoicing import selectors, stripe_admin  # stripe_admin registers the Stripe pages
 from invoicing.documents import render_invoice_document
 from invoicing.models import (
     BillingPeriod,
@@ -48,18 +48,45 @@ from metering.models import UsageAggregate
 logger = logging.getLogger(__name__)
 
 
-def plan_in_use(plan: PricePlan | None) -> bool:
-    """Whether a billing period was opened with this plan version (it is then immutable)."""
-    if plan is None or plan.pk is None:
-        return False
-    return BillingPeriod.objects.filter(plan=plan).exists()
-
-
 def _has_model_perm(request: HttpRequest, opts: Any, action: str) -> bool:
     return request.user.has_perm(f"{opts.app_label}.{get_permission_codename(action, opts)}")
 
 
 # --- Plans and prices -----------------------------------------------------------------------
+
+
+class PlanVersionGuardMixin:
+    """Saves and deletes of a plan version, a price or (through its price) a tier first call
+    plans.ensure_plan_version_editable on the version, inside the admin's transaction: the
+    permissions below hide the forms of a version in use, and this refuses the rare save that
+    raced a new period (shown as an error; the transaction rolls back, nothing is saved)."""
+
+    def _plan_id(self, obj: Any) -> int | None:
+        return obj.pk if isinstance(obj, PricePlan) else obj.plan_id
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        plan_id = self._plan_id(obj)
+        if plan_id is not None:
+            plans.ensure_plan_version_editable(plan_id=plan_id)
+        super().save_model(request, obj, form, change)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        plans.ensure_plan_version_editable(plan_id=self._plan_id(obj))
+        super().delete_model(request, obj)
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return super().changeform_view(request, *args, **kwargs)
+        except plans.PlanVersionInUse as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return super().delete_view(request, *args, **kwargs)
+        except plans.PlanVersionInUse as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
 
 SPEC_FIELDS = [
@@ -132,13 +159,13 @@ class PriceInline(admin.TabularInline):
         return _tiers_summary(price, price.plan.currency)
 
     def has_add_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
-        return super().has_add_permission(request, obj) and not plan_in_use(obj)
+        return super().has_add_permission(request, obj) and not selectors.plan_in_use(plan=obj)
 
     def has_change_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
-        return super().has_change_permission(request, obj) and not plan_in_use(obj)
+        return super().has_change_permission(request, obj) and not selectors.plan_in_use(plan=obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
-        return super().has_delete_permission(request, obj) and not plan_in_use(obj)
+        return super().has_delete_permission(request, obj) and not selectors.plan_in_use(plan=obj)
 
 
 class PricePlanForm(forms.ModelForm):
@@ -158,7 +185,7 @@ class PricePlanForm(forms.ModelForm):
 
 
 @admin.register(PricePlan)
-class PricePlanAdmin(admin.ModelAdmin):
+class PricePlanAdmin(PlanVersionGuardMixin, admin.ModelAdmin):
     form = PricePlanForm
     inlines = [PriceInline]
     list_display = ["code", "version", "name", "currency", "interval", "in_use", "created_at"]
@@ -173,11 +200,11 @@ class PricePlanAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="used by a period")
     def in_use(self, plan: PricePlan) -> bool:
         used = getattr(plan, "used", None)
-        return plan_in_use(plan) if used is None else used
+        return selectors.plan_in_use(plan=plan) if used is None else used
 
     @admin.display(description="status")
     def edit_status(self, plan: PricePlan) -> str:
-        if plan_in_use(plan):
+        if selectors.plan_in_use(plan=plan):
             return "Used by billing periods: read-only. Use “Copy as new version” to change it."
         return "Not used by any period yet: editable."
 
@@ -195,7 +222,7 @@ class PricePlanAdmin(admin.ModelAdmin):
         return ["edit_status", "code", "version", "name", "currency", "interval", "created_at"]
 
     def has_change_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
-        return super().has_change_permission(request, obj) and not plan_in_use(obj)
+        return super().has_change_permission(request, obj) and not selectors.plan_in_use(plan=obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
         return False  # subscriptions and periods refer to versions; a new version replaces one
@@ -280,7 +307,7 @@ class PriceTierInline(admin.TabularInline):
 
 
 def _price_locked(price: Price | None) -> bool:
-    return price is not None and price.pk is not None and plan_in_use(price.plan)
+    return price is not None and price.pk is not None and selectors.plan_in_use(plan=price.plan)
 
 
 class PriceForm(forms.ModelForm):
@@ -301,7 +328,7 @@ class PriceForm(forms.ModelForm):
 
 
 @admin.register(Price)
-class PriceAdmin(admin.ModelAdmin):
+class PriceAdmin(PlanVersionGuardMixin, admin.ModelAdmin):
     form = PriceForm
     inlines = [PriceTierInline]
     list_display = ["plan", "meter", "model", "included_quantity", "minimum_minor"]

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.db.models import QuerySet
 
-from invoicing.models import BillingPeriod, Invoice, InvoiceLine, Subscription
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine, PricePlan, Subscription
 from invoicing.pricing import LineDraft, plan_price_specs, usage_line
 from invoicing.rating import PriceSpec
 from invoicing.services.subscriptions import scheduled_period
@@ -39,9 +39,18 @@ class UsagePreview:
         return self.period.plan.currency
 
 
-# A plan version is read-only once a billing period uses it (the admin refuses changes to it and
-# the plans API creates a new version instead), so the prices of a period's plan can be kept in
-# the process; the expiry only bounds the damage should that rule ever be bypassed.
+def plan_in_use(*, plan: PricePlan | None) -> bool:
+    """Whether a billing period was opened with this plan version: it is then immutable (its
+    prices and tiers too), enforced by services.plans.ensure_plan_version_editable and by the
+    database (migration invoicing 0009)."""
+    if plan is None or plan.pk is None:
+        return False
+    return BillingPeriod.objects.filter(plan=plan).exists()
+
+
+# A plan version is immutable once a billing period uses it (see plan_in_use; the plans API
+# creates a new version instead), so the prices of a period's plan can be kept in the process;
+# the expiry only bounds the damage should the database ever be changed by hand.
 PERIOD_PRICES_SECONDS = 300
 _period_prices: dict[int, tuple[float, dict[int, PriceSpec]]] = {}
 

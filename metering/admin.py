@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from metering import selectors, services
 from metering.forms import ApiKeyCreateForm, MeterForm
@@ -26,10 +26,22 @@ class MeterAdmin(admin.ModelAdmin):
     search_fields = ["code", "name"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Meter | None = None) -> list[str]:
-        # A meter with usage keeps its code and aggregation, or past usage would change meaning.
+        # A meter with usage keeps what its usage means (services.save_meter enforces it).
         if obj is not None and selectors.meter_has_usage(meter=obj):
-            return ["code", "aggregation", "unique_property"]
+            return list(services.METER_MEANING_FIELDS)
         return []
+
+    def save_model(self, request: HttpRequest, obj: Meter, form, change: bool) -> None:
+        services.save_meter(meter=obj)
+
+    def changeform_view(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        """A save that raced the meter's first event is refused by save_meter: shown as an
+        error, the admin's transaction rolled back."""
+        try:
+            return super().changeform_view(request, *args, **kwargs)
+        except services.MeterInUse as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
 
 @admin.register(ApiKey)

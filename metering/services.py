@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from http import HTTPStatus
 from typing import Any
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from billing_project.errors import DomainError
-from metering import aggregation, aggregations, event_parsing, event_store
+from metering import aggregation, aggregations, event_parsing, event_store, selectors
 from metering.event_parsing import EventInput, FieldError
 from metering.event_store import EventRow
 from metering.keys import generate_key
@@ -209,6 +210,42 @@ def upsert_customer(
         customer.timezone = timezone_name
     customer.save()
     return customer, created
+
+
+# --- Meters --------------------------------------------------------------------------------
+
+# What a meter's recorded usage means: fixed once it has events, or past usage (and the
+# invoices that billed it) would change meaning. The database refuses the same changes
+# (trigger, migration metering 0012).
+METER_MEANING_FIELDS = ("code", "aggregation", "unique_property")
+
+
+class MeterInUse(DomainError):
+    """The meter has usage: its code, aggregation and unique property cannot change (409)."""
+
+    status = HTTPStatus.CONFLICT
+    code = "meter_in_use"
+
+
+@transaction.atomic
+def save_meter(*, meter: Meter) -> Meter:
+    """Create a meter, or store the changes made to one (finance staff, in the admin).
+
+    A meter with usage keeps what its usage means (METER_MEANING_FIELDS): changing any of them
+    raises MeterInUse and saves nothing; its name, unit, description and activity may change.
+    The stored row is locked first (FOR UPDATE, which an event's foreign key waits for when
+    it commits), so the check and the change see the same usage.
+    """
+    if meter.pk is not None:
+        stored = Meter.objects.select_for_update().get(pk=meter.pk)
+        changed = [f for f in METER_MEANING_FIELDS if getattr(stored, f) != getattr(meter, f)]
+        if changed and selectors.meter_has_usage(meter=stored):
+            raise MeterInUse(
+                f"meter {stored.code} has usage: its {', '.join(changed)} cannot change "
+                "(create a new meter for the new meaning)"
+            )
+    meter.save()
+    return meter
 
 
 # --- API keys --------------------------------------------------------------------------------

@@ -1,14 +1,23 @@
-"""Price plans: created as immutable versions; a new version applies from the next period."""
+"""Price plans: created as versions; a new version applies from the next period.
+
+A plan version is immutable once a billing period uses it (the prices of a period are kept
+in each process for minutes, see selectors.period_price_specs): its row, prices and tiers are
+never changed, added to or deleted. ensure_plan_version_editable is the check every write to
+an existing version goes through (the admin's forms), and the database refuses the same
+changes from any other path (triggers, migration invoicing 0009).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from http import HTTPStatus
 
 from django.db import transaction
 
 from audit.services import record_audit
 from billing_project.errors import DomainError
+from invoicing import selectors
 from invoicing.models import Price, PricePlan, PriceTier, Subscription
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
 from metering.models import Meter
@@ -22,6 +31,32 @@ class PlanInvalid(DomainError):
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__(fields=errors)
         self.errors = errors
+
+
+class PlanVersionInUse(DomainError):
+    """A billing period uses this plan version: it cannot change (409; create a new version)."""
+
+    status = HTTPStatus.CONFLICT
+    code = "plan_version_in_use"
+
+
+def ensure_plan_version_editable(*, plan_id: int) -> PricePlan:
+    """Lock a plan version for the rest of the transaction and refuse (PlanVersionInUse) if a
+    billing period uses it; call it first in any transaction that changes the version, its
+    prices or its tiers.
+
+    The lock (FOR UPDATE) conflicts with the key-share lock that a new period's foreign key
+    takes when it commits, so a period created meanwhile waits for this transaction: the
+    check cannot be raced.
+    """
+    plan = PricePlan.objects.select_for_update().get(pk=plan_id)
+    if selectors.plan_in_use(plan=plan):
+        raise PlanVersionInUse(
+            f"{plan} is used by billing periods and cannot change: use “Copy as new version” "
+            "(or POST the plan again) to create a new version; subscribers move to it from "
+            "their next period"
+        )
+    return plan
 
 
 @dataclass(frozen=True)
@@ -86,7 +121,7 @@ def create_plan_version(
         interval=interval,
     )
     for item in prices:
-        store_price(plan=plan, meter=meters[item.meter], spec=item.spec)
+        _store_price(plan=plan, meter=meters[item.meter], spec=item.spec)
     moved = Subscription.objects.filter(plan__code=code).exclude(plan=plan).update(plan=plan)
     record_audit(
         action="plan.version_created",
@@ -97,7 +132,8 @@ def create_plan_version(
     return plan
 
 
-def store_price(*, plan: PricePlan, meter: Meter, spec: PriceSpec) -> Price:
+def _store_price(*, plan: PricePlan, meter: Meter, spec: PriceSpec) -> Price:
+    """A price and its tiers, in a version created in this transaction (no period uses it)."""
     price = Price.objects.create(
         plan=plan,
         meter=meter,

@@ -2,15 +2,14 @@
 
 Thin: every action calls a service in invoicing/services/ and never sets a status itself.
 Services audit the transitions they make (with the user passed in); every other add, change,
-delete and action is audited by the admin site itself (audit/audited_admin.py), and asking
-for a period close is audited here with its outcome. Rows that the books depend on are
-read-only: a plan version that a billing period uses, periods, invoices and their lines, and
-aggregates.
+delete and action is audited by the admin site itself (audit/audited_admin.py). Rows that the
+books depend on are read-only: a plan version that a billing period uses, periods, invoices
+and their lines, and aggregates. A period's "Close now" runs the billing cycle:
+billing_cycle.admin adds it (and audits who asked, with the outcome).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django import forms
@@ -27,7 +26,6 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from audit.services import record_audit
 from invoicing import selectors, stripe_admin  # stripe_admin registers the Stripe pages
 from invoicing.documents import render_invoice_document
 from invoicing.models import (
@@ -41,11 +39,9 @@ from invoicing.models import (
 )
 from invoicing.pricing import price_spec
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
-from invoicing.services import closing, invoices, plans, subscriptions
+from invoicing.services import invoices, plans, subscriptions
 from metering.currencies import format_minor, format_unit_amount
 from metering.models import UsageAggregate
-
-logger = logging.getLogger(__name__)
 
 
 def _has_model_perm(request: HttpRequest, opts: Any, action: str) -> bool:
@@ -429,7 +425,8 @@ class BillingPeriodAdmin(admin.ModelAdmin):
     search_fields = ["customer__external_id"]
     fields = ["customer", "plan", "start", "end", "status", "closed_at", "invoice_link"]
     readonly_fields = ["invoice_link"]
-    actions = ["close_now"]
+    # "Close now (if due)" runs the billing cycle, which sits above invoicing: billing_cycle.admin
+    # registers this page again with that action.
 
     @admin.display(description="invoice")
     def invoice_link(self, period: BillingPeriod) -> str:
@@ -443,51 +440,10 @@ class BillingPeriodAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: BillingPeriod | None = None) -> bool:
-        return False  # periods change only by closing (the action below)
+        return False  # periods change only by closing (the billing cycle's action)
 
     def has_delete_permission(self, request: HttpRequest, obj: BillingPeriod | None = None) -> bool:
         return False
-
-    def has_close_permission(self, request: HttpRequest) -> bool:
-        return _has_model_perm(request, self.opts, "change")
-
-    @admin.action(description="Close now (if due)", permissions=["close"])
-    def close_now(self, request: HttpRequest, queryset: QuerySet[BillingPeriod]) -> None:
-        """Close each selected period that is past its end plus the grace period; the close is
-        the same as the beat task's, so a closed period is never closed twice."""
-        outcomes: dict[str, list[str]] = {"closed": [], "already": [], "not_due": [], "failed": []}
-        for period in queryset.select_related("customer").order_by("end", "pk"):
-            was_closed = period.status == BillingPeriod.Status.CLOSED
-            data: dict[str, Any] = {}
-            try:
-                invoice = closing.close_billing_period(period_id=period.pk, now=timezone.now())
-            except Exception as exc:  # one period's failure must not hide the others' outcome
-                logger.exception("closing period %s from the admin failed", period.pk)
-                outcome, data["error"] = "failed", f"{type(exc).__name__}: {exc}"
-            else:
-                if invoice is None:
-                    outcome = "not_due"
-                else:
-                    outcome = "already" if was_closed else "closed"
-                    data["invoice_id"] = invoice.pk
-            outcomes[outcome].append(str(period))
-            # The close audits itself as the system; this entry says who asked for it.
-            record_audit(
-                action="admin.period_close_requested",
-                obj=period,
-                user=request.user,
-                customer_external_id=period.customer.external_id,
-                data={"outcome": outcome, **data},
-            )
-        reports = [
-            ("closed", messages.SUCCESS, "Closed"),
-            ("already", messages.INFO, "Already closed"),
-            ("not_due", messages.WARNING, "Not due yet (or an earlier period is open)"),
-            ("failed", messages.ERROR, "Failed, see the log"),
-        ]
-        for key, level, label in reports:
-            if outcomes[key]:
-                self.message_user(request, f"{label}: {', '.join(outcomes[key])}", level=level)
 
 
 # --- Invoices -------------------------------------------------------------------------------
@@ -535,18 +491,6 @@ class VoidInvoicesForm(forms.Form):
         max_length=1000,
         help_text="Recorded on the invoice and in the audit log.",
     )
-
-
-def _finalize_after_summary(*, invoice_id: int, now: Any, user: Any) -> Invoice:
-    """Finance staff may skip the review period, never the itemized summary: nobody is charged
-    before they were told what for."""
-    invoice = Invoice.objects.get(pk=invoice_id)
-    if invoice.status == Invoice.Status.DRAFT and invoice.summary_sent_at is None:
-        raise invoices.TransitionNotAllowed(
-            f"{invoice}: the customer has not had the usage summary yet (it goes out when the "
-            "draft is created; see Notifications); finalize it once it was sent"
-        )
-    return invoices.finalize_invoice(invoice_id=invoice_id, now=now, user=user)
 
 
 @admin.register(Invoice)
@@ -669,7 +613,7 @@ class InvoiceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Finalize (assign numbers)", permissions=["transition"])
     def finalize(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
-        self._apply(request, queryset, Invoice.Status.FINALIZED, _finalize_after_summary)
+        self._apply(request, queryset, Invoice.Status.FINALIZED, invoices.finalize_invoice)
 
     @admin.action(description="Mark paid", permissions=["transition"])
     def mark_paid(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:

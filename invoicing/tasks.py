@@ -1,4 +1,5 @@
-"""Celery tasks of invoicing: thin wrappers that select what is due and call services.
+"""Celery tasks of invoicing: thin wrappers that call services (the billing cycle's beat task
+is billing_cycle.tasks).
 
 Services import this module at module level (to queue tasks); the tasks import the services
 inside their bodies, so no import cycle runs through here.
@@ -8,25 +9,6 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.utils import timezone
-
-from invoicing.models import Invoice
-
-
-@shared_task(name="invoicing.close_due_periods", ignore_result=True)
-def close_due_periods() -> dict[str, int]:
-    """Every minute (beat): open new periods, close due ones, finalize reviewed drafts.
-
-    It selects what is due at each run, so a missed run is caught up by the next one, and
-    every step is idempotent, so a redelivered task changes nothing.
-    """
-    from invoicing.services import closing, invoices
-    from invoicing.stripe import usage_reports
-
-    now = timezone.now()
-    report = closing.close_due_periods(now=now)
-    usage_reports.after_periods_closed(closed_period_ids=report.closed)
-    finalized = invoices.finalize_due_invoices(now=now)
-    return {"closed": len(report.closed), "failed": len(report.failed), "finalized": len(finalized)}
 
 
 @shared_task(
@@ -41,12 +23,9 @@ def deliver_invoice(invoice_id: int) -> None:
     """Hand an invoice to the billing backend: deliver a finalized one, push a later status
     (paid, void, uncollectible here) to where it was delivered. Idempotent; queued after commit
     of every transition."""
-    from invoicing.backends import get_backend
+    from invoicing.services import invoices
 
-    invoice = Invoice.objects.get(pk=invoice_id)
-    if invoice.status == Invoice.Status.DRAFT:
-        return
-    get_backend().deliver_invoice(invoice)
+    invoices.deliver_to_backend(invoice_id=invoice_id)
 
 
 @shared_task(name="invoicing.stripe_report_usage", ignore_result=True)

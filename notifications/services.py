@@ -12,6 +12,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,8 +47,10 @@ def queue_notification(
     customer: Customer | None = None,
     invoice_id: int | None = None,
     period_start: datetime | None = None,
+    send_after_commit: bool = True,
 ) -> Notification:
-    """Record a message once (by key) and send it after the transaction commits."""
+    """Record a message once (by key) and queue its send after the transaction commits; with
+    send_after_commit=False the caller sends it (send_notification) and no worker is needed."""
     notification, created = Notification.objects.get_or_create(
         key=key,
         defaults={
@@ -60,7 +63,7 @@ def queue_notification(
             "period_start": period_start,
         },
     )
-    if created:
+    if created and send_after_commit:
         from notifications.tasks import send_notification
 
         send_notification.delay_on_commit(notification.pk)
@@ -213,12 +216,18 @@ def requeue_stale_messages(*, now: datetime) -> int:
     return len(stale) + len(hooks)
 
 
-def queue_usage_summaries() -> int:
-    """Queue the summary of every draft invoice that has none yet (beat, every minute)."""
+def queue_usage_summaries(
+    *, invoice_ids: Collection[int] | None = None, send_after_commit: bool = True
+) -> int:
+    """Queue the summary of every draft invoice (of `invoice_ids`, if given) that has none yet:
+    the billing cycle's step 2, and every minute in beat in case one was missed. With
+    send_after_commit=False the rows are only recorded, for send_usage_summaries_now."""
     count = 0
     drafts = Invoice.objects.filter(
         status=Invoice.Status.DRAFT, summary_sent_at__isnull=True
     ).select_related("customer", "period")
+    if invoice_ids is not None:
+        drafts = drafts.filter(pk__in=invoice_ids)
     for invoice in drafts.order_by("pk"):
         with transaction.atomic():
             queue_notification(
@@ -231,9 +240,33 @@ def queue_usage_summaries() -> int:
                 customer=invoice.customer,
                 invoice_id=invoice.pk,
                 period_start=invoice.period.start,
+                send_after_commit=send_after_commit,
             )
         count += 1
     return count
+
+
+def send_usage_summaries_now(*, invoice_ids: Collection[int]) -> list[Notification]:
+    """Send, in this process, the pending usage summaries of these drafts (the billing cycle
+    run by `manage.py close_periods`, which needs no worker); returns them as they end up.
+
+    Sending claims each row first, so a worker that got the same message sends nothing twice.
+    A refused send leaves its row pending with the error (the next run, or the beat's
+    requeue, tries again) and stops no other.
+    """
+    pending = list(
+        Notification.objects.filter(
+            kind=N.Kind.USAGE_SUMMARY, status=N.Status.PENDING, invoice_id__in=invoice_ids
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    for notification_id in pending:
+        try:
+            send_notification(notification_id=notification_id)
+        except Exception:
+            logger.exception("sending usage summary %s failed", notification_id)
+    return list(Notification.objects.filter(pk__in=pending).order_by("pk"))
 
 
 # --- Tracking (anymail) --------------------------------------------------------------------

@@ -42,6 +42,6 @@ def deliver_operator_webhook(self, webhook_id: int) -> None:
 @shared_task(name="notifications.send_usage_summaries", ignore_result=True)
 def send_usage_summaries() -> int:
     """Beat, every minute: queue again any message whose send was lost, then queue the
-    summary of every new draft invoice."""
+    summary of any draft still without one (the billing cycle queues them as it closes)."""
     services.requeue_stale_messages(now=timezone.now())
     return services.queue_usage_summaries()

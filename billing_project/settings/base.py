@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "invoicing",
     "notifications",
     "budgets",
+    "billing_cycle",  # above invoicing and notifications: the cycle calls both
     "portal",
 ]
 

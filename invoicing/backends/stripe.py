@@ -4,8 +4,8 @@ Stripe, by invoicing.stripe.invoices; reconcile compares with Stripe (invoicing.
 
 from __future__ import annotations
 
-from invoicing.backends.base import BillingBackend
-from invoicing.models import Invoice
+from invoicing.backends.base import BillingBackend, Delivery
+from invoicing.models import Invoice, StripeInvoiceSync
 from invoicing.stripe import invoices, reconcile
 
 
@@ -16,6 +16,28 @@ class StripeBackend(BillingBackend):
 
     def deliver_invoice(self, invoice: Invoice) -> None:
         invoices.deliver_invoice(invoice_id=invoice.pk)
+
+    def describe_delivery(self, invoice: Invoice) -> Delivery:
+        sync = StripeInvoiceSync.objects.select_related("invoice").filter(invoice=invoice).first()
+        if sync is None:
+            return Delivery(delivered=False, detail="not sent to Stripe yet")
+        if sync.status == StripeInvoiceSync.Status.DELIVERED:
+            note = f"; {sync.last_error}" if sync.last_error else ""  # e.g. payment failed
+            return Delivery(
+                delivered=True,
+                detail=f"delivered to Stripe as {sync.invoice.stripe_invoice_id} "
+                f"({sync.stripe_status}){note}",
+            )
+        if sync.status == StripeInvoiceSync.Status.PENDING:
+            reason = f": {sync.last_error}" if sync.last_error else ""
+            return Delivery(
+                delivered=False,
+                detail=f"delivery to Stripe pending after {sync.attempts} attempt(s){reason}",
+            )
+        return Delivery(
+            delivered=False,
+            detail=f"delivery to Stripe {sync.get_status_display().lower()}: {sync.last_error}",
+        )
 
     def reconcile(self) -> list[str]:
         return reconcile.reconcile_with_stripe()

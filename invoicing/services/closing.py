@@ -54,7 +54,6 @@ BATCH_SIZE = 500
 class CloseReport:
     closed: list[int] = field(default_factory=list)  # period ids
     failed: dict[int, str] = field(default_factory=dict)  # period id -> error
-    finalized: list[int] = field(default_factory=list)  # invoice ids
 
 
 def _cutoff(now: datetime) -> datetime:

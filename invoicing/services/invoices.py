@@ -1,12 +1,15 @@
 """Invoice transitions: draft -> finalized -> paid | void | uncollectible, with gapless numbers.
 
 Only a draft changes its lines; each transition is checked against ALLOWED, made under a row
-lock, and written to the audit log with who made it.
+lock, and written to the audit log with who made it. A draft is finalized only once the
+customer has had its usage summary (DESIGN section 5, step 2), whoever asks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http import HTTPStatus
 
@@ -18,6 +21,8 @@ from django.db.models.functions import Greatest
 from audit.services import record_audit
 from billing_project.errors import DomainError
 from invoicing import tasks
+from invoicing.backends import get_backend
+from invoicing.backends.base import Delivery
 from invoicing.models import Invoice, InvoiceNumberSequence, StripeInvoiceSync
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,11 @@ class TransitionNotAllowed(DomainError):
 
     status = HTTPStatus.CONFLICT
     code = "transition_not_allowed"
+
+
+class SummaryNotSent(TransitionNotAllowed):
+    """The draft's usage summary has not gone out: nobody is charged before they were told
+    what for (finance may skip the review period, never the summary)."""
 
 
 def _next_number(year: int) -> str:
@@ -62,6 +72,11 @@ def _transition(
         return invoice  # idempotent: a retry of the same transition changes nothing
     if to not in ALLOWED[invoice.status]:
         raise TransitionNotAllowed(f"invoice {invoice} is {invoice.status}; cannot become {to}")
+    if to == S.FINALIZED and invoice.summary_sent_at is None:
+        raise SummaryNotSent(
+            f"{invoice}: the customer has not had the usage summary yet (it goes out when the "
+            "draft is created; see Notifications); finalize it once it was sent"
+        )
     before = invoice.status
     invoice.status = to
     fields = ["status", "updated_at"]
@@ -99,7 +114,9 @@ def _transition(
 
 @transaction.atomic
 def finalize_invoice(*, invoice_id: int, now: datetime, user: object = None) -> Invoice:
-    """Number a draft and make it final; the billing backend charges it after commit."""
+    """Number a draft and make it final; the billing backend charges it after commit.
+
+    Raises SummaryNotSent for a draft whose usage summary has not gone out."""
     return _transition(invoice_id=invoice_id, to=S.FINALIZED, now=now, user=user)
 
 
@@ -146,18 +163,43 @@ def mark_summary_sent(*, invoice_id: int, at: datetime) -> None:
         )
 
 
-def finalize_due_invoices(*, now: datetime) -> list[int]:
-    """Finalize every draft whose summary was sent and whose review period has passed; one
-    failure stops no other."""
-    finalized: list[int] = []
+@dataclass
+class FinalizeReport:
+    finalized: list[int] = field(default_factory=list)  # invoice ids, in id order
+    failed: dict[int, str] = field(default_factory=dict)  # invoice id -> error
+
+
+def finalize_due_invoices(
+    *, now: datetime, invoice_ids: Collection[int] | None = None
+) -> FinalizeReport:
+    """Finalize every draft (of `invoice_ids`, if given) whose summary was sent and whose
+    review period has passed; one failure stops no other."""
+    report = FinalizeReport()
     due = Invoice.objects.filter(
         status=S.DRAFT, finalize_after__lte=now, summary_sent_at__isnull=False
     ).order_by("pk")
+    if invoice_ids is not None:
+        due = due.filter(pk__in=invoice_ids)
     for invoice_id in list(due.values_list("pk", flat=True)):
         try:
             finalize_invoice(invoice_id=invoice_id, now=now)
-        except Exception:
+        except Exception as exc:
             logger.exception("finalizing invoice %s failed", invoice_id)
+            report.failed[invoice_id] = f"{type(exc).__name__}: {exc}"
             continue
-        finalized.append(invoice_id)
-    return finalized
+        report.finalized.append(invoice_id)
+    return report
+
+
+def deliver_to_backend(*, invoice_id: int) -> Delivery | None:
+    """Hand an invoice to the billing backend now, in this process (outside any transaction):
+    deliver a finalized one, push a later status (paid, void, uncollectible here) to where it
+    was delivered; None for a draft. Idempotent: the deliver_invoice task, queued after every
+    transition, runs this too. Errors the backend calls transient (ConnectionError) propagate
+    for a retry; permanent ones are recorded by the backend and described in the answer."""
+    invoice = Invoice.objects.get(pk=invoice_id)
+    if invoice.status == S.DRAFT:
+        return None
+    backend = get_backend()
+    backend.deliver_invoice(invoice)
+    return backend.describe_delivery(invoice)

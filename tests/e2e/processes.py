@@ -277,7 +277,7 @@ def start_gunicorn(
 
 
 BEAT_TASKS = {
-    "e2e: close due billing periods": "invoicing.close_due_periods",
+    "e2e: run the billing cycle": "billing_cycle.run_billing_cycle",
     "e2e: send usage summaries": "notifications.send_usage_summaries",
     "e2e: check budget caps": "budgets.check_budgets",
 }

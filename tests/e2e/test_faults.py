@@ -94,7 +94,7 @@ def test_worker_killed_mid_close_then_restarted(
     ledger, due_before = past_usage(api_key=service_key[0], customers=CUSTOMERS, per_period=5)
     pause_inserts(table, seconds=120, on_firing=firing)
     stack.start_worker("worker", CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY))
-    task_id = stack.send("invoicing.close_due_periods")
+    task_id = stack.send("billing_cycle.run_billing_cycle")
 
     session = wait_sleeping_in(table, timeout=60)
     stack.kill("worker")
@@ -125,11 +125,11 @@ def test_redis_restarted_while_tasks_are_queued(stack, service_key):
     ledger, due_before = past_usage(api_key=service_key[0], customers=CUSTOMERS, per_period=4)
     pause_inserts("metering_usageaggregate", seconds=6)
     stack.start_worker("worker", CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY))
-    running = stack.send("invoicing.close_due_periods")
+    running = stack.send("billing_cycle.run_billing_cycle")
     wait_sleeping_in("metering_usageaggregate", timeout=60)
     queued = [
         stack.send("notifications.send_usage_summaries"),
-        stack.send("invoicing.close_due_periods"),
+        stack.send("billing_cycle.run_billing_cycle"),
     ]
     wait_for(lambda: stack.redis.queue_length() == 2, timeout=10, what="two queued tasks")
 
@@ -158,8 +158,8 @@ def test_redis_without_persistence_restarted_beat_reselects_the_closes(volatile_
     stack = volatile_stack
     stack.start_web()
     ledger, due_before = past_usage(api_key=service_key[0], customers=CUSTOMERS, per_period=3)
-    stack.send("invoicing.close_due_periods")
-    stack.send("invoicing.close_due_periods")
+    stack.send("billing_cycle.run_billing_cycle")
+    stack.send("billing_cycle.run_billing_cycle")
     assert stack.redis.queue_length() == 2
     stack.redis.restart()
     assert stack.redis.queue_length() == 0  # the queued tasks are gone
@@ -176,19 +176,18 @@ def test_redis_without_persistence_restarted_while_summaries_are_queued(
     volatile_stack, service_key
 ):
     """Redis without persistence is restarted while the worker, queueing the usage summaries
-    of 4 drafts, has put 3 send tasks in the queue (it is paused inside the 4th outbox insert):
-    those messages are lost; the summary task queues pending messages again after
-    BILLING_NOTIFICATION_RETRY_AFTER, so within 6 beat runs every summary is still sent once
-    and every invoice finalized and delivered."""
+    of 4 drafts in the billing cycle, has put 3 send tasks in the queue (it is paused inside
+    the 4th outbox insert): those messages are lost; the summary task queues pending messages
+    again after BILLING_NOTIFICATION_RETRY_AFTER, so within 6 beat runs every summary is still
+    sent once and every invoice finalized and delivered."""
     stack = volatile_stack
     stack.start_web()
     ledger, due_before = past_usage(api_key=service_key[0], customers=2, per_period=3)
     stack.start_worker(BILLING_NOTIFICATION_RETRY_AFTER="2")
-    stack.send("invoicing.close_due_periods")
-    wait_all_closed(due_before, expected=2 * 2)
     pause_inserts("notifications_notification", seconds=4, on_firing=4)
-    stack.send("notifications.send_usage_summaries")
-    wait_sleeping_in("notifications_notification", timeout=30)
+    stack.send("billing_cycle.run_billing_cycle")  # closes, then queues the summaries
+    wait_sleeping_in("notifications_notification", timeout=60)
+    wait_all_closed(due_before, expected=2 * 2)
     assert stack.redis.queue_length() == 3  # the first three summaries' send tasks
     stack.redis.restart()
     assert stack.redis.queue_length() == 0
@@ -271,7 +270,7 @@ def test_postgres_restarted_while_agents_post(stack, service_key, tmp_path):
     assert report.errors == []
     assert report.retries > 0, "the restart went unnoticed: no request failed"
 
-    stack.send("invoicing.close_due_periods")
+    stack.send("billing_cycle.run_billing_cycle")
     wait_all_closed(anchor + timedelta(hours=2), expected=2 * 3)
     assert_invariants(stack, report.ledger, due_before=anchor + timedelta(hours=2))
 

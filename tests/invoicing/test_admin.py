@@ -204,6 +204,7 @@ def test_finalize_action_numbers_a_draft(finance, closed_invoice, finance_user):
 
 
 def _finalized(invoice):
+    invoices.mark_summary_sent(invoice_id=invoice.pk, at=CLOSE_AT)  # finalization waits for it
     return invoices.finalize_invoice(invoice_id=invoice.pk, now=CLOSE_AT)
 
 

@@ -369,6 +369,7 @@ def test_invoices_newest_first_with_numbers_once_final(api, subscribed, settings
     post_events(api, usage_events(), at=T0 + timedelta(minutes=20))
     closing.close_due_periods(now=T0 + H + timedelta(minutes=10))
     first = Invoice.objects.get(period__start=T0)
+    invoices.mark_summary_sent(invoice_id=first.pk, at=T0 + H + timedelta(minutes=10))
     invoices.finalize_invoice(invoice_id=first.pk, now=T0 + H + timedelta(minutes=15))
     late = ev("late-1", "llm_tokens", 200_000, T0 + timedelta(minutes=50))
     post_events(api, [late], at=T0 + H + timedelta(minutes=30))

@@ -184,19 +184,19 @@ def test_finalize_waits_for_summary_and_review_then_numbers_gaplessly(
 ):
     closing.close_due_periods(now=T0 + 2 * H + timedelta(minutes=10))
     # the review period has passed but no summary was sent: nothing is finalized
-    assert invoices.finalize_due_invoices(now=T0 + 3 * H) == []
+    assert invoices.finalize_due_invoices(now=T0 + 3 * H).finalized == []
     with (
         time_machine.travel(T0 + 2 * H + timedelta(minutes=10), tick=False),
         django_capture_on_commit_callbacks(execute=True),
     ):
         assert notification_services.queue_usage_summaries() == 2
     assert len(mailoutbox) == 2
-    assert invoices.finalize_due_invoices(now=T0 + 2 * H + timedelta(minutes=11)) == []
-    done = invoices.finalize_due_invoices(now=T0 + 3 * H)
+    assert invoices.finalize_due_invoices(now=T0 + 2 * H + timedelta(minutes=11)).finalized == []
+    done = invoices.finalize_due_invoices(now=T0 + 3 * H).finalized
     assert len(done) == 2
     numbers = list(Invoice.objects.order_by("period__start").values_list("number", flat=True))
     assert numbers == ["INV-2026-000001", "INV-2026-000002"]
-    assert invoices.finalize_due_invoices(now=T0 + 3 * H) == []
+    assert invoices.finalize_due_invoices(now=T0 + 3 * H).finalized == []
     assert AuditEntry.objects.filter(action="invoice.finalized").count() == 2
 
 

@@ -168,8 +168,8 @@ def test_finalization_waits_for_the_summary_and_the_review_period(
     draft, django_capture_on_commit_callbacks, mailoutbox
 ):
     # review period long over, but no summary sent: nothing is finalized, twice
-    assert invoices.finalize_due_invoices(now=T0 + 5 * H) == []
-    assert invoices.finalize_due_invoices(now=T0 + 5 * H) == []
+    assert invoices.finalize_due_invoices(now=T0 + 5 * H).finalized == []
+    assert invoices.finalize_due_invoices(now=T0 + 5 * H).finalized == []
     draft.refresh_from_db()
     assert (draft.status, draft.number, draft.finalized_at) == ("draft", None, None)
     assert not AuditEntry.objects.filter(action="invoice.finalized").exists()
@@ -177,12 +177,12 @@ def test_finalization_waits_for_the_summary_and_the_review_period(
     _queue(django_capture_on_commit_callbacks)
     assert len(mailoutbox) == 1
     # summary sent, review period not over yet (it ends at the summary + 1800 s)
-    assert invoices.finalize_due_invoices(now=CHARGE_AFTER - timedelta(seconds=1)) == []
+    assert invoices.finalize_due_invoices(now=CHARGE_AFTER - timedelta(seconds=1)).finalized == []
     draft.refresh_from_db()
     assert (draft.status, draft.number) == ("draft", None)
 
-    assert invoices.finalize_due_invoices(now=CHARGE_AFTER) == [draft.pk]
-    assert invoices.finalize_due_invoices(now=CHARGE_AFTER) == []
+    assert invoices.finalize_due_invoices(now=CHARGE_AFTER).finalized == [draft.pk]
+    assert invoices.finalize_due_invoices(now=CHARGE_AFTER).finalized == []
     draft.refresh_from_db()
     assert (draft.status, draft.number, draft.finalized_at) == (
         "finalized",
@@ -211,7 +211,7 @@ def test_customer_without_emails_is_skipped_without_blocking_finalization(
     draft.refresh_from_db()
     assert draft.summary_sent_at == SEND_AT
     assert _summary_audits(draft) == 1
-    assert invoices.finalize_due_invoices(now=CHARGE_AFTER) == [draft.pk]
+    assert invoices.finalize_due_invoices(now=CHARGE_AFTER).finalized == [draft.pk]
 
 
 def test_finance_resend_sends_again_as_a_new_row(

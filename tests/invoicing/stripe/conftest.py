@@ -66,10 +66,13 @@ def usage_events():
 
 @pytest.fixture
 def draft_invoice(subscribed, record, stripe_backend):
-    """The first hour's invoice, closed as a draft: minutes 500, tasks 15, tokens 2400."""
+    """The first hour's invoice, closed as a draft (minutes 500, tasks 15, tokens 2400), its
+    usage summary sent (finalization waits for it)."""
     record(usage_events(), now=T0 + timedelta(minutes=20))
     closing.close_due_periods(now=T0 + H)
-    return Invoice.objects.get(period__start=T0)
+    invoice = Invoice.objects.get(period__start=T0)
+    invoices.mark_summary_sent(invoice_id=invoice.pk, at=T0 + H)
+    return invoice
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from invoicing import tasks
+from billing_cycle import tasks as cycle_tasks
 from invoicing.models import BillingPeriod, Invoice
 from invoicing.services import invoices
 from tests.invoicing.stripe.conftest import our_lines, stripe_lines
@@ -53,10 +53,10 @@ def test_demo_period_closes_into_stripe_and_a_paid_webhook_settles_it(
     assert api.post("/api/v1/events", {"events": events}, format="json").status_code == 202
 
     clock.move_to(period.end + timedelta(minutes=1))
-    tasks.close_due_periods.apply()  # the beat task: closes the hour
+    cycle_tasks.run_billing_cycle.apply()  # the beat task: closes the hour
     invoice = Invoice.objects.get(period=period)
     invoices.mark_summary_sent(invoice_id=invoice.pk, at=timezone.now())
-    tasks.close_due_periods.apply()  # finalizes it: delivered to Stripe after the commit
+    cycle_tasks.run_billing_cycle.apply()  # finalizes it: delivered to Stripe after the commit
 
     invoice.refresh_from_db()
     [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)

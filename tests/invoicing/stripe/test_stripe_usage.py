@@ -11,6 +11,7 @@ from celery.exceptions import Retry
 from django.utils import timezone
 
 from audit.models import AuditEntry
+from billing_cycle import tasks as cycle_tasks
 from invoicing import tasks
 from invoicing.models import StripeCustomer, StripeMeterMapping, UsageReport
 from invoicing.services import closing
@@ -63,7 +64,7 @@ def test_close_reports_each_aggregate_once(subscribed, record, mapped, settings)
     settings.STRIPE_USAGE_REPORTING = "close"
     record(usage_events(), now=T0 + timedelta(minutes=20))
 
-    tasks.close_due_periods.apply()  # closes two hours; the reports follow the commit
+    cycle_tasks.run_billing_cycle.apply()  # closes two hours; the reports follow the commit
 
     assert UsageReport.objects.count() == UsageAggregate.objects.count() == 6
     assert set(UsageReport.objects.values_list("status", flat=True)) == {"sent"}
@@ -100,7 +101,7 @@ def test_duplicate_identifier_counts_as_delivered(
         raise RuntimeError("worker killed before the commit")
 
     monkeypatch.setattr(usage_reports, "_record_report_sent", crash)
-    tasks.close_due_periods.apply()  # each send crashes after Stripe took it (logged)
+    cycle_tasks.run_billing_cycle.apply()  # each send crashes after Stripe took it (logged)
     monkeypatch.setattr(usage_reports, "_record_report_sent", original)
     sent_but_unknown = [e["identifier"] for e in mapped.meter_events]
     assert len(sent_but_unknown) == 3
@@ -127,7 +128,7 @@ def test_meter_event_fault_then_retry_reports_once(subscribed, record, mapped, s
     record(usage_events(), now=T0 + timedelta(minutes=20))
     mapped.inject(kind, path="/v1/billing/meter_events", delay=1.0)
 
-    tasks.close_due_periods.apply()  # one send fails and asks Celery to retry it
+    cycle_tasks.run_billing_cycle.apply()  # one send fails and asks Celery to retry it
     assert UsageReport.objects.filter(status="pending").count() == 1
     drain()
 
@@ -182,7 +183,7 @@ def test_realtime_reports_new_usage_and_a_late_event_once(
     assert len(mapped.meter_events) == 4
 
     # the close does not report the same usage a second time
-    tasks.close_due_periods.apply()
+    cycle_tasks.run_billing_cycle.apply()
     assert UsageReport.objects.filter(kind="close").count() == 0
     assert len(mapped.meter_events) == 4
 

@@ -1,0 +1,87 @@
+"""The billing cycle in the admin: "Close now (if due)" on billing periods runs the cycle for
+the selected periods (close, queue their summaries, finalize those reviewed, deliver).
+
+The billing-period pages themselves are invoicing's (invoicing.admin.BillingPeriodAdmin);
+this app registers them again with the action, because the cycle sits above invoicing and
+notifications (see billing_cycle.services) and invoicing must not import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from audit.services import record_audit
+from billing_cycle import services
+from billing_cycle.services import Outcome, Step
+from invoicing import admin as invoicing_admin
+from invoicing.models import BillingPeriod
+
+# The close outcome of a selected period, as the admin names it (and audits it).
+OUTCOMES = {
+    Outcome.DONE: "closed",
+    Outcome.ALREADY: "already",
+    Outcome.WAITING: "not_due",
+    Outcome.FAILED: "failed",
+}
+CLOSE_MESSAGES = [
+    ("closed", messages.SUCCESS, "Closed"),
+    ("already", messages.INFO, "Already closed"),
+    ("not_due", messages.WARNING, "Not due yet (or an earlier period is open)"),
+    ("failed", messages.ERROR, "Failed, see the log"),
+]
+
+
+class BillingPeriodAdmin(invoicing_admin.BillingPeriodAdmin):
+    actions = ["close_now"]
+
+    def has_close_permission(self, request: HttpRequest) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    @admin.action(description="Close now (if due)", permissions=["close"])
+    def close_now(self, request: HttpRequest, queryset: QuerySet[BillingPeriod]) -> None:
+        """Run the billing cycle for the selected periods: each one past its end plus the grace
+        period closes (never twice), its summary is queued, a reviewed draft is finalized."""
+        periods = list(queryset.select_related("customer").order_by("end", "pk"))
+        report = services.run_billing_cycle(
+            now=timezone.now(), period_ids=[period.pk for period in periods], explain=False
+        )
+        closes = {entry.period_id: entry for entry in report.select(step=Step.CLOSE)}
+        outcomes: dict[str, list[str]] = {key: [] for key, _, _ in CLOSE_MESSAGES}
+        for period in periods:
+            entry = closes[period.pk]
+            outcome = OUTCOMES[entry.outcome]
+            data: dict[str, Any] = {"outcome": outcome}
+            if entry.invoice_id is not None:
+                data["invoice_id"] = entry.invoice_id
+            if entry.outcome == Outcome.FAILED:
+                data["error"] = entry.detail
+            outcomes[outcome].append(str(period))
+            # The close audits itself as the system; this entry says who asked for it.
+            record_audit(
+                action="admin.period_close_requested",
+                obj=period,
+                user=request.user,
+                customer_external_id=period.customer.external_id,
+                data=data,
+            )
+        for key, level, label in CLOSE_MESSAGES:
+            if outcomes[key]:
+                self.message_user(request, f"{label}: {', '.join(outcomes[key])}", level=level)
+        finalized = report.select(step=Step.FINALIZE, outcome=Outcome.DONE)
+        if finalized:
+            done = ", ".join(str(entry) for entry in finalized)
+            self.message_user(request, f"Finalized: {done}", level=messages.SUCCESS)
+        for entry in report.failed:
+            if entry.step != Step.CLOSE:
+                self.message_user(request, f"{entry.step} failed: {entry}", level=messages.ERROR)
+
+
+admin.site.unregister(BillingPeriod)
+admin.site.register(BillingPeriod, BillingPeriodAdmin)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class BillingCycleConfig(AppConfig):
+    name = "billing_cycle"
+    verbose_name = "Billing cycle"

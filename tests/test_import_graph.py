@@ -19,7 +19,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = ("billing_project", "audit", "metering", "invoicing", "notifications", "budgets", "portal")
+APPS = (
+    "billing_project",
+    "audit",
+    "metering",
+    "invoicing",
+    "notifications",
+    "budgets",
+    "billing_cycle",
+    "portal",
+)
 
 IMPORT_ALL = """
 import importlib, json, pkgutil, sys

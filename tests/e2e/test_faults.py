@@ -63,6 +63,13 @@ def wait_all_closed(due_before, *, expected: int, timeout: float = 60) -> None:
     )
 
 
+def wait_all_sent(*, timeout: float = 60) -> None:
+    """Every message queued so far sent: the billing cycle queues each new draft's usage
+    summary for the worker as it closes the period."""
+    unsent = Notification.objects.exclude(status=Notification.Status.SENT)
+    wait_for(lambda: not unsent.exists(), timeout=timeout, what="every queued message sent")
+
+
 def wait_all_delivered(*, expected: int, timeout: float) -> None:
     delivered = StripeInvoiceSync.objects.filter(status=StripeInvoiceSync.Status.DELIVERED)
     wait_for(
@@ -112,6 +119,7 @@ def test_worker_killed_mid_close_then_restarted(
     wait_all_closed(due_before, expected=2 * CUSTOMERS)
     assert task_id in stack.received("worker"), "the message did not come back"
     wait_for(lambda: "succeeded" in stack.log("worker"), timeout=30, what="the redelivered task")
+    wait_all_sent()
     assert_invariants(stack, ledger, due_before=due_before)
 
 
@@ -272,6 +280,7 @@ def test_postgres_restarted_while_agents_post(stack, service_key, tmp_path):
 
     stack.send("billing_cycle.run_billing_cycle")
     wait_all_closed(anchor + timedelta(hours=2), expected=2 * 3)
+    wait_all_sent()
     assert_invariants(stack, report.ledger, due_before=anchor + timedelta(hours=2))
 
 

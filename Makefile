@@ -32,13 +32,15 @@ test-tools:
 	@$(PYTHON) -m tests.tools
 
 # The tests that also run on SQLite, the embedded default of `make run`: ingestion and rollups,
-# the close, reconcile, budgets, the usage API, Stripe usage reports and the portal's pages.
+# the close, reconcile, budgets, the usage API, Stripe usage reports, the portal's pages, the
+# billing cycle (`close_periods`) and the plan and meter triggers.
 # Tests marked `postgres` (partitions, row and advisory locks, server-side binding) are
 # deselected there.
 SQLITE_TESTS := tests/metering tests/invoicing/test_closing.py \
 	tests/invoicing/test_closing_batches.py tests/invoicing/test_api.py \
 	tests/invoicing/stripe/test_stripe_reconcile.py tests/invoicing/stripe/test_stripe_usage.py \
-	tests/budgets tests/portal/test_pages.py
+	tests/budgets tests/portal/test_pages.py \
+	tests/billing_cycle tests/invoicing/test_plan_immutability.py
 
 ## test: lint, migration check, the whole suite on a throw-away PostgreSQL server, then the
 ## SQLite pass (SQLITE_TESTS on a SQLite file in a temporary directory)

@@ -2,7 +2,7 @@
 path (ORM, raw SQL), the admin shows it read-only and refuses a save that raced a period.
 
 The database's refusal is an IntegrityError on PostgreSQL and on SQLite alike (triggers,
-migration invoicing 0009)."""
+migration invoicing 0009); deletes of prices and tiers only PostgreSQL refuses."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_the_service_refuses_a_version_in_use_and_allows_a_new_one(used, unused)
     assert plans.ensure_plan_version_editable(plan_id=unused.pk) == unused
 
 
-def test_orm_updates_inserts_and_deletes_of_a_version_in_use_are_refused(used, meters):
+def test_orm_updates_and_inserts_of_a_version_in_use_are_refused(used, meters):
     before = snapshot(used)
     price = Price.objects.get(plan=used, meter__code="llm_tokens")
     tier = price.tiers.order_by("position").first()
@@ -77,12 +77,26 @@ def test_orm_updates_inserts_and_deletes_of_a_version_in_use_are_refused(used, m
         lambda: Price.objects.filter(pk=price.pk).update(included_quantity=Decimal(0)),
         lambda: PriceTier.objects.filter(pk=tier.pk).update(unit_amount_minor=Decimal("0.001")),
         lambda: PriceTier.objects.create(price=price, position=9, unit_amount_minor=Decimal(1)),
+    ]
+    for change in changes:
+        with refused(), transaction.atomic():
+            change()
+    assert snapshot(used) == before
+
+
+@pytest.mark.postgres  # SQLite leaves deletes to the services (Django flushes it with DELETE)
+def test_deletes_of_prices_and_tiers_of_a_version_in_use_are_refused(used):
+    before = snapshot(used)
+    tier = PriceTier.objects.filter(price__plan=used).order_by("pk").first()
+    changes = [
         lambda: PriceTier.objects.filter(pk=tier.pk).delete(),
         lambda: Price.objects.filter(plan=used, meter__code="agent_tasks").delete(),
     ]
     for change in changes:
         with refused(), transaction.atomic():
             change()
+    with refused(), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM invoicing_price WHERE plan_id = %s", [used.pk])
     assert snapshot(used) == before
 
 
@@ -104,7 +118,6 @@ def test_raw_sql_updates_are_refused(used):
             "(SELECT id FROM invoicing_price WHERE plan_id = %s)",
             used.pk,
         ),
-        ("DELETE FROM invoicing_price WHERE plan_id = %s", used.pk),
     ]
     for sql, plan_id in statements:
         with refused(), transaction.atomic(), connection.cursor() as cursor:

@@ -15,10 +15,16 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from metering.currencies import CURRENCY_CHOICES
-from metering.models import TOTAL_QUANTITY, Customer, Meter, UsageAggregate
+from metering.models import (
+    QUANTITY,
+    TOTAL_QUANTITY,
+    Customer,
+    DecimalPrecision,
+    Meter,
+    UsageAggregate,
+)
 
-UNIT_PRICE = {"max_digits": 30, "decimal_places": 12}  # minor units, up to 12 places
-QUANTITY = {"max_digits": 19, "decimal_places": 6}
+UNIT_PRICE: DecimalPrecision = {"max_digits": 30, "decimal_places": 12}  # minor units
 
 
 class Interval(models.TextChoices):

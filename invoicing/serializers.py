@@ -6,18 +6,19 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
-from invoicing.models import Interval, PricePlan
+from invoicing.models import UNIT_PRICE, Interval, PricePlan
 from invoicing.rating import PRICE_MODELS
 from metering.currencies import CURRENCIES
+from metering.models import QUANTITY
 from metering.serializers import CustomerInput, ExactDecimalField, decimal_text
 
 
 def _unit_amount(**kwargs) -> serializers.DecimalField:
-    return serializers.DecimalField(max_digits=30, decimal_places=12, min_value=0, **kwargs)
+    return serializers.DecimalField(**UNIT_PRICE, min_value=0, **kwargs)
 
 
 def _quantity(**kwargs) -> serializers.DecimalField:
-    return serializers.DecimalField(max_digits=19, decimal_places=6, min_value=0, **kwargs)
+    return serializers.DecimalField(**QUANTITY, min_value=0, **kwargs)
 
 
 class TierInput(serializers.Serializer):

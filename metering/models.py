@@ -7,6 +7,7 @@ Invariants live in the schema: a customer's external id is unique, an event is u
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ValidationError
@@ -16,9 +17,16 @@ from django.db.models import Q
 
 from metering.currencies import CURRENCY_CHOICES
 
-QUANTITY_MAX_DIGITS = 19  # up to 10^12 with 6 decimal places
-QUANTITY_DECIMAL_PLACES = 6
-TOTAL_QUANTITY = {"max_digits": 28, "decimal_places": 6}  # sums of many events
+
+class DecimalPrecision(TypedDict):
+    """A DecimalField's digits, spread into model and serializer fields with ``**``."""
+
+    max_digits: int
+    decimal_places: int
+
+
+QUANTITY: DecimalPrecision = {"max_digits": 19, "decimal_places": 6}  # up to 10^12, 6 places
+TOTAL_QUANTITY: DecimalPrecision = {"max_digits": 28, "decimal_places": 6}  # sums of many events
 
 
 def validate_timezone_name(value: str) -> None:
@@ -153,9 +161,7 @@ class UsageEvent(models.Model):
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
     event_id = models.CharField(max_length=128)
-    quantity = models.DecimalField(
-        max_digits=QUANTITY_MAX_DIGITS, decimal_places=QUANTITY_DECIMAL_PLACES
-    )
+    quantity = models.DecimalField(**QUANTITY)
     timestamp = models.DateTimeField()
     properties = models.JSONField(default=dict, blank=True)
     fingerprint = models.CharField(max_length=64)
@@ -272,10 +278,10 @@ class UsageRollup(models.Model):
     hour = models.DateTimeField()  # start of the UTC hour
     quantity = models.DecimalField(**TOTAL_QUANTITY)  # sum of quantities
     event_count = models.BigIntegerField()
-    max_quantity = models.DecimalField(max_digits=QUANTITY_MAX_DIGITS, decimal_places=6)
+    max_quantity = models.DecimalField(**QUANTITY)
     latest_at = models.DateTimeField()  # timestamp of the latest event in the hour
     latest_event_pk = models.BigIntegerField()  # tie-break for equal timestamps
-    latest_quantity = models.DecimalField(max_digits=QUANTITY_MAX_DIGITS, decimal_places=6)
+    latest_quantity = models.DecimalField(**QUANTITY)
 
     class Meta:
         constraints = [

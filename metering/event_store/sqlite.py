@@ -17,12 +17,7 @@ from django.db.models import Q
 
 from metering import aggregations
 from metering.event_store import EVENT_COLUMNS, EventRow, Key
-from metering.models import (
-    QUANTITY_DECIMAL_PLACES,
-    QUANTITY_MAX_DIGITS,
-    TOTAL_QUANTITY,
-    UsageEventKey,
-)
+from metering.models import QUANTITY, TOTAL_QUANTITY, UsageEventKey
 
 _EVENT_PLACEHOLDERS = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _ROLLUP_PLACEHOLDERS = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -108,7 +103,7 @@ def _add_to_rollups(cursor: Any, events: list[tuple[int, EventRow]]) -> None:
 
 def _quantity(value: Any) -> Any:
     return connection.ops.adapt_decimalfield_value(
-        value, QUANTITY_MAX_DIGITS, QUANTITY_DECIMAL_PLACES
+        value, QUANTITY["max_digits"], QUANTITY["decimal_places"]
     )
 
 

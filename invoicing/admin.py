@@ -128,7 +128,8 @@ class PriceInlineForm(forms.ModelForm):
         fields = ["meter", *SPEC_FIELDS]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data  # field errors first; the spec cannot be built yet
         stored = price_spec(self.instance).tiers if self.instance.pk else ()
@@ -212,10 +213,10 @@ class PricePlanAdmin(PlanVersionGuardMixin, admin.ModelAdmin):
             fixed.append("currency")  # subscribers pay in it
         return fixed
 
-    def get_fields(self, request: HttpRequest, obj: PricePlan | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: PricePlan | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ["code", "version", "name", "currency", "interval"]
-        return ["edit_status", "code", "version", "name", "currency", "interval", "created_at"]
+            return ("code", "version", "name", "currency", "interval")
+        return ("edit_status", "code", "version", "name", "currency", "interval", "created_at")
 
     def has_change_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
         return super().has_change_permission(request, obj) and not selectors.plan_in_use(plan=obj)
@@ -312,7 +313,8 @@ class PriceForm(forms.ModelForm):
         fields = ["plan", *PriceInlineForm.Meta.fields]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         # The plan is read-only once the price exists, so Django skips the (plan, meter)
         # uniqueness check; make it here instead of failing on the constraint.
         meter = data.get("meter")
@@ -362,7 +364,8 @@ class SubscriptionForm(forms.ModelForm):
         fields = ["customer", "plan"]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         customer = data.get("customer") or getattr(self.instance, "customer", None)
         plan = data.get("plan")
         if customer is not None and plan is not None and plan.currency != customer.currency:
@@ -384,10 +387,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_select_related = ["customer", "plan"]
     search_fields = ["customer__external_id", "customer__name"]
 
-    def get_fields(self, request: HttpRequest, obj: Subscription | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Subscription | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ["customer", "plan"]
-        return ["customer", "plan", "anchor", "started_at", "periods_until"]
+            return ("customer", "plan")
+        return ("customer", "plan", "anchor", "started_at", "periods_until")
 
     def get_readonly_fields(
         self, request: HttpRequest, obj: Subscription | None = None
@@ -453,7 +456,7 @@ class InvoiceLineInline(admin.TabularInline):
     """Lines are written only by the close: always read-only."""
 
     model = InvoiceLine
-    fields = [
+    fields = readonly_fields = (
         "position",
         "kind",
         "meter",
@@ -462,8 +465,7 @@ class InvoiceLineInline(admin.TabularInline):
         "amount",
         "source_period",
         "stripe_item_link",
-    ]
-    readonly_fields = fields
+    )
     stripe_item_link = staticmethod(stripe_admin.stripe_item_link)
     extra = 0
     can_delete = False
@@ -509,7 +511,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     list_select_related = ["customer", "period"]
     search_fields = ["number", "customer__external_id"]
     inlines = [InvoiceLineInline]
-    fields = [
+    fields = readonly_fields = (
         "display_number",
         "customer",
         "period",
@@ -527,8 +529,7 @@ class InvoiceAdmin(admin.ModelAdmin):
         "stripe_invoice_link",
         "stripe_delivery_status",
         "stripe_hosted_invoice_url",
-    ]
-    readonly_fields = fields
+    )
     actions = [
         "finalize",
         "mark_paid",

@@ -11,12 +11,12 @@ one binary array parameter per column (`INSERT ... SELECT * FROM unnest(...)`).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from django.db import connection
-from django.db.models import JSONField, Model
+from django.db.models import Field, JSONField, Model
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -25,7 +25,7 @@ from billing_project.db import server_binding_cursor
 
 def insert_rows(
     model: type[Model],
-    columns: dict[str, Sequence[Any]],
+    columns: Mapping[str, Sequence[Any]],
     *,
     ignore_conflicts: bool = False,
     match_on: Sequence[str] = (),
@@ -80,9 +80,9 @@ def insert_rows(
     ]
     quote = connection.ops.quote_name
     by_name = {f.name: f for f in fields} | {f.attname: f for f in fields}
-    returning = [quote(opts.pk.column), *(quote(by_name[name].column) for name in match_on)]
+    returning = [quote(_column(opts.pk)), *(quote(_column(by_name[name])) for name in match_on)]
     sql = (
-        f"INSERT INTO {quote(opts.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608 - names from the model
+        f"INSERT INTO {quote(opts.db_table)} ({', '.join(quote(_column(f)) for f in fields)}) "  # noqa: S608 - names from the model
         f"SELECT * FROM unnest({', '.join(f'%b::{f.db_type(connection)}[]' for f in fields)})"
         + (" ON CONFLICT DO NOTHING" if ignore_conflicts else f" RETURNING {', '.join(returning)}")
     )
@@ -97,6 +97,12 @@ def insert_rows(
         return [pk for pk, *_ in returned]
     pk_by_key = {tuple(key): pk for pk, *key in returned}
     return [pk_by_key[key] for key in keys]
+
+
+def _column(field: Field[Any, Any]) -> str:
+    """A concrete field's column (only fields without one, like many-to-many, have None)."""
+    assert field.column is not None
+    return field.column
 
 
 def _default(field: Any, now: Any) -> Any:

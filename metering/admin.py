@@ -57,10 +57,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
             kwargs["form"] = ApiKeyCreateForm
         return super().get_form(request, obj, change, **kwargs)
 
-    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ["name", "customer", "expires_at"]
-        return ["name", "prefix", "customer", "created_at", "expires_at", "revoked_at"]
+            return ("name", "customer", "expires_at")
+        return ("name", "prefix", "customer", "created_at", "expires_at", "revoked_at")
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:

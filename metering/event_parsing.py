@@ -202,6 +202,8 @@ def parse_event(
 
     if errors:
         return None, errors
+    # No error, so each field passed its check above.
+    assert isinstance(event_id, str) and isinstance(customer_id, str) and isinstance(meter, str)
     assert timestamp is not None and properties is not None and properties_json is not None
     return (
         EventInput(
@@ -265,7 +267,7 @@ def _parse_timestamp(
             # The common form, already checked by the regex: parsed in C, to the same instant.
             instant = datetime.fromisoformat(value)
         else:
-            instant = _instant(match.groups())
+            instant = _instant(match)
     except (ValueError, OverflowError):
         return None, "is not a real date and time"
     if instant > now + max_future:
@@ -276,20 +278,22 @@ def _parse_timestamp(
     return instant, None
 
 
-def _instant(groups: tuple[str | None, ...]) -> datetime:
+def _instant(match: re.Match[str]) -> datetime:
     """The aware UTC instant of an RFC 3339 match (any offset; fractions truncated to
     microseconds); ValueError when the date, time or offset does not exist."""
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = groups
+    fraction, zulu, sign = match[7], match[8], match[9]
     micro = int((fraction or "0").ljust(6, "0")[:6])
     offset = timedelta(0)
-    if not zulu:
-        if int(off_h) > 23 or int(off_m) > 59:
+    if not zulu:  # then the regex matched the sign and both offset fields
+        off_h, off_m = int(match[10]), int(match[11])
+        if off_h > 23 or off_m > 59:
             raise ValueError("offset out of range")
-        offset = timedelta(hours=int(off_h), minutes=int(off_m))
+        offset = timedelta(hours=off_h, minutes=off_m)
         if sign == "-":
             offset = -offset
+    year, month, day, hour, minute, second = (int(match[group]) for group in range(1, 7))
     local = datetime(  # noqa: DTZ001 - the offset is applied on the next line
-        int(year), int(month), int(day), int(hour), int(minute), int(second), micro
+        year, month, day, hour, minute, second, micro
     )
     return (local - offset).replace(tzinfo=UTC)
 

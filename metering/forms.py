@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from metering.models import ApiKey, Meter
@@ -20,8 +22,9 @@ class MeterForm(forms.ModelForm):
             "is_active",
         ]
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if data.get("aggregation") == Meter.Aggregation.UNIQUE_COUNT and not data.get(
             "unique_property"
         ):

@@ -12,12 +12,12 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.shortcuts import render
 
 from metering.models import Customer, PortalMembership
 
-PortalView = Callable[..., HttpResponse]
+PortalView = Callable[..., HttpResponseBase]
 
 
 def customer_of(user: Any) -> Customer | None:
@@ -34,7 +34,7 @@ def customer_required(view: PortalView) -> PortalView:
 
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         customer = customer_of(request.user)
         if customer is None:
             return render(request, "portal/no_access.html", status=403)

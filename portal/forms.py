@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import decimal
 import re
+from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+from django.contrib.auth.models import User
 
 from budgets import rules
 from budgets.models import BudgetCap
@@ -43,7 +45,7 @@ class PortalAuthenticationForm(AuthenticationForm):
 class PortalPasswordResetForm(PasswordResetForm):
     """Reset mails go only to portal members: a staff address gets nothing from here."""
 
-    def get_users(self, email: str):  # type: ignore[override]
+    def get_users(self, email: str) -> Iterator[User]:
         for user in super().get_users(email):
             if PortalMembership.objects.filter(user_id=user.pk).exists():
                 yield user
@@ -145,7 +147,11 @@ class DashboardForm(forms.Form):
     """The dashboard's GET options; invalid values fall back to the defaults."""
 
     days = forms.TypedChoiceField(
-        choices=DAY_CHOICES, coerce=int, required=False, empty_value=30, label="Chart range"
+        choices=DAY_CHOICES,
+        coerce=int,
+        required=False,
+        empty_value=30,  # type: ignore[arg-type]  # the stubs allow only str | None; Django any value
+        label="Chart range",
     )
     property = forms.CharField(
         required=False, max_length=64, label="Break down by property", empty_value="agent_id"
@@ -169,7 +175,8 @@ class ExportRangeForm(forms.Form):
     end = forms.DateField(label="To (last day)", widget=forms.DateInput(attrs={"type": "date"}))
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         start: date | None = data.get("start")
         end: date | None = data.get("end")
         if start and end and end < start:

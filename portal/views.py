@@ -21,7 +21,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.staticfiles import finders
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse_lazy
 from django.utils import timezone
@@ -74,7 +74,7 @@ class LoginView(auth_views.LoginView):
 
 
 class LogoutView(auth_views.LogoutView):
-    next_page = reverse_lazy("portal:login")
+    next_page = "portal:login"  # a URL name: resolve_url reverses it
 
 
 class PasswordResetView(auth_views.PasswordResetView):
@@ -185,7 +185,7 @@ def breakdown(request: HttpRequest, customer: Customer) -> HttpResponse:
     period = current_period(customer=customer, now=timezone.now())
     result = property_names = None
     if period is not None:
-        result, property_names = cache.get_or_set(
+        cached = cache.get_or_set(
             # (breakdown, names); by the period's start: a period beat has not created yet
             # (read, not written, here) has no pk
             f"portal:breakdown2:{customer.pk}:{period.start.isoformat()}:{prop}",
@@ -195,6 +195,8 @@ def breakdown(request: HttpRequest, customer: Customer) -> HttpResponse:
             ),
             BREAKDOWN_CACHE_SECONDS,
         )
+        assert cached is not None  # the default above is never None
+        result, property_names = cached
     fragment = request.GET.get("fragment") == "1"
     return render(
         request,
@@ -306,7 +308,9 @@ def csv_lines(customer: Customer, start: datetime, end: datetime) -> Iterator[st
         )
 
 
-def _csv_response(customer: Customer, start: datetime, end: datetime, label: str) -> HttpResponse:
+def _csv_response(
+    customer: Customer, start: datetime, end: datetime, label: str
+) -> StreamingHttpResponse:
     response = StreamingHttpResponse(
         csv_lines(customer, start, end), content_type="text/csv; charset=utf-8"
     )
@@ -318,17 +322,17 @@ def _csv_response(customer: Customer, start: datetime, end: datetime, label: str
 
 @customer_required
 @require_GET
-def export(request: HttpRequest, customer: Customer) -> HttpResponse:
+def export(request: HttpRequest, customer: Customer) -> HttpResponseBase:
     """Without parameters, the form; with `period` or `start`/`end`, the CSV (streamed)."""
     zone = selectors.customer_zone(customer)
     range_form = forms.ExportRangeForm(request.GET if "start" in request.GET else None)
     period_form = forms.ExportPeriodForm(request.GET if "period" in request.GET else None)
     if period_form.is_bound and period_form.is_valid():
-        period = get_object_or_404(
+        chosen = get_object_or_404(
             BillingPeriod, pk=period_form.cleaned_data["period"], customer=customer
         )
-        label = f"{period.start.astimezone(zone):%Y%m%dT%H%M}"
-        return _csv_response(customer, period.start, period.end, label)
+        label = f"{chosen.start.astimezone(zone):%Y%m%dT%H%M}"
+        return _csv_response(customer, chosen.start, chosen.end, label)
     if range_form.is_bound and range_form.is_valid():
         first, last = range_form.cleaned_data["start"], range_form.cleaned_data["end"]
         start = selectors.local_midnight(first, zone)

@@ -241,8 +241,10 @@ def roll_subscriptions(*, now: datetime, batch_size: int = 1000) -> int:
                 break
             new_periods = [
                 (customer_id, plan_id, bounds)
-                for _, customer_id, plan_id, *schedule in due
-                for bounds in _missing_bounds(_Schedule(*schedule), now=now)
+                for _, customer_id, plan_id, anchor, started_at, until, interval, tz in due
+                for bounds in _missing_bounds(
+                    _Schedule(anchor, started_at, until, interval, tz), now=now
+                )
             ]
             insert_rows(
                 BillingPeriod,

@@ -116,7 +116,7 @@ def test_timestamp_fast_path_gives_the_general_instant(text):
     )
     assert error is None
     match = event_parsing._RFC3339_RE.fullmatch(text)
-    assert parsed == event_parsing._instant(match.groups())
+    assert parsed == event_parsing._instant(match)
     assert parsed.tzinfo is UTC
 
 

@@ -8,10 +8,12 @@ inside their bodies, so no import cycle runs through here.
 from __future__ import annotations
 
 from celery import shared_task
+from celery.contrib.django.task import DjangoTask
 from django.utils import timezone
 
 
 @shared_task(
+    base=DjangoTask,  # queued with delay_on_commit
     name="invoicing.deliver_invoice",
     ignore_result=True,
     autoretry_for=(ConnectionError, TimeoutError),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.contrib.django.task import DjangoTask
 from django.utils import timezone
 
 from notifications import services
 
 
 @shared_task(
+    base=DjangoTask,  # queued with delay_on_commit
     name="notifications.send_notification",
     ignore_result=True,
     autoretry_for=(OSError, ConnectionError),
@@ -21,7 +23,11 @@ def send_notification(notification_id: int) -> None:
 
 
 @shared_task(
-    bind=True, name="notifications.deliver_operator_webhook", ignore_result=True, max_retries=10
+    base=DjangoTask,  # queued with delay_on_commit
+    bind=True,
+    name="notifications.deliver_operator_webhook",
+    ignore_result=True,
+    max_retries=10,
 )
 def deliver_operator_webhook(self, webhook_id: int) -> None:
     """POST a signed event to the operator; exponential backoff (with jitter) up to ~4 h."""

@@ -34,7 +34,8 @@ STRIPE_TO_OURS = {
     "void": S.VOID,
     "uncollectible": S.UNCOLLECTIBLE,
 }
-OURS_TO_STRIPE = {ours: theirs for theirs, ours in STRIPE_TO_OURS.items()}
+# Keyed by str: a model's status field reads as a plain str (an Invoice.Status is one).
+OURS_TO_STRIPE: dict[str, str] = {ours: theirs for theirs, ours in STRIPE_TO_OURS.items()}
 # Stripe's invoice statuses only move forward (draft -> open -> uncollectible -> paid | void).
 STRIPE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
 

@@ -70,10 +70,10 @@ def get_or_create_locked(model: type[models.Model], **lookup: Any) -> Any:
     """The row for `lookup`, created if missing, locked for the rest of the transaction."""
     try:
         with transaction.atomic():
-            model.objects.get_or_create(**lookup)
+            model._default_manager.get_or_create(**lookup)
     except IntegrityError:
         pass  # created concurrently: the lock below waits for it
-    return model.objects.select_for_update().get(**lookup)
+    return model._default_manager.select_for_update().get(**lookup)
 
 
 def past_resend_window(first_attempt_at: datetime | None, now: datetime) -> bool:
@@ -124,12 +124,12 @@ def _note_error(outbox: Outbox, *, row_id: int, error: str) -> None:
     changes: dict[str, Any] = {"last_error": error}
     if "updated_at" in outbox.fields():
         changes["updated_at"] = timezone.now()
-    outbox.model.objects.filter(pk=row_id).update(**changes)
+    outbox.model._default_manager.filter(pk=row_id).update(**changes)
 
 
 @transaction.atomic
 def _fail(outbox: Outbox, *, row_id: int, error: client.StripeSyncError) -> None:
-    row = outbox.model.objects.select_for_update().get(pk=row_id)
+    row: Any = outbox.model._default_manager.select_for_update().get(pk=row_id)  # any outbox model
     row.status = FAILED
     row.last_error = str(error)
     row.save(update_fields=outbox.fields("status", "last_error"))
@@ -153,7 +153,7 @@ def stale(outbox: Outbox, *, now: datetime) -> models.QuerySet:
     """The pending rows a lost worker or a lost task left: last attempted, or (never attempted)
     created, more than STALE_ATTEMPT ago. Past the resend window, `begin` flags them."""
     before = now - STALE_ATTEMPT
-    return outbox.model.objects.filter(
+    return outbox.model._default_manager.filter(
         Q(last_attempt_at__lt=before) | Q(last_attempt_at__isnull=True, created_at__lt=before),
         status=PENDING,
     ).order_by("pk")

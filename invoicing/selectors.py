@@ -120,9 +120,10 @@ def line_for_event(*, event: UsageEvent) -> InvoiceLine | None:
 
 def events_for_line(*, line: InvoiceLine) -> QuerySet[UsageEvent]:
     """The events a line billed (one query; empty for cap credits and zero lines)."""
-    if line.aggregate_id is None:
+    aggregate = line.aggregate  # no query when the line has none
+    if aggregate is None:
         return UsageEvent.objects.none()
-    return aggregation.events_of_aggregate(line.aggregate).order_by("timestamp", "pk")
+    return aggregation.events_of_aggregate(aggregate).order_by("timestamp", "pk")
 
 
 def period_for(*, customer: Customer, at: datetime) -> BillingPeriod | None:

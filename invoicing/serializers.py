@@ -45,7 +45,7 @@ class PlanInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     currency = serializers.ChoiceField(choices=sorted(CURRENCIES))
     interval = serializers.ChoiceField(choices=Interval.values, default=Interval.MONTH)
-    prices = PriceInput(many=True, allow_empty=True, max_length=100)
+    prices = serializers.ListSerializer(child=PriceInput(), allow_empty=True, max_length=100)
 
 
 class PlanOutput(serializers.ModelSerializer):

@@ -70,7 +70,7 @@ def record_usage_events(
         event, event_errors = event_parsing.parse_event(
             raw, index=index, now=now, max_age=max_age, max_future=max_future
         )
-        if event_errors:
+        if event is None:
             errors.extend(event_errors)
         else:
             parsed.append(event)

@@ -1,6 +1,6 @@
 """The one rating engine: turns a price and a period's usage quantity into a line amount.
 
-DESIGN section 4 is the contract. Everything here is pure (stdlib and the currency table only),
+DESIGN section 4 is the contract. Everything here is pure (the standard library only),
 so the dashboard, the allowance, the cap check, the usage summary and the invoice all call the
 same code and always agree to the minor unit.
 
@@ -30,8 +30,6 @@ import decimal
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TypeVar
-
-from metering.currencies import exponent
 
 PER_UNIT = "per_unit"
 GRADUATED = "graduated"
@@ -132,20 +130,6 @@ def round_half_up(amount_minor: Decimal) -> int:
     if not amount_minor.is_finite():
         raise ValueError(f"cannot round a non-finite amount: {amount_minor}")
     return int(amount_minor.to_integral_value(rounding=ROUND_HALF_UP))
-
-
-def to_major_units(amount_minor: int, currency: str) -> Decimal:
-    """Express an integer amount in minor units as an exact ``Decimal`` in major units.
-
-    The result carries exactly the currency's exponent as decimal places, so it prints the way
-    an invoice shows it: ``(12345, "USD") -> Decimal("123.45")``, ``(12345, "JPY") ->
-    Decimal("12345")``, ``(12345, "KWD") -> Decimal("12.345")``. Raises ``KeyError`` for an
-    unknown currency.
-    """
-    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
-        raise TypeError(f"amount_minor must be an int, not {type(amount_minor).__name__}")
-    sign, digits, _ = Decimal(amount_minor).as_tuple()
-    return Decimal((sign, digits, -exponent(currency)))
 
 
 def validate_price_spec(spec: PriceSpec) -> list[str]:

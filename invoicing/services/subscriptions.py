@@ -8,7 +8,7 @@ latest period has ended with one indexed query, and missed runs catch up period 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -282,8 +282,3 @@ def current_period(*, customer: Customer, now: datetime) -> BillingPeriod | None
         return None
     ensure_periods(subscription=subscription, now=now)
     return BillingPeriod.objects.filter(customer=customer, start__lte=now, end__gt=now).first()
-
-
-def grace_cutoff(*, now: datetime, grace_seconds: int) -> datetime:
-    """Periods that ended at or before this instant are due to close."""
-    return now - timedelta(seconds=grace_seconds)

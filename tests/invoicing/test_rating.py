@@ -18,9 +18,9 @@ from invoicing.rating import (
     rate_breakdown,
     rate_line,
     round_half_up,
-    to_major_units,
     validate_price_spec,
 )
+from metering.currencies import format_minor
 
 D = Decimal
 
@@ -168,7 +168,7 @@ def test_example_plan_invoice_total_is_the_sum_of_lines() -> None:
 
     assert lines == [6170, 3400, 600]
     assert sum(lines) == 10170
-    assert to_major_units(sum(lines), "USD") == D("101.70")
+    assert format_minor(sum(lines), "USD") == "$101.70"
 
 
 # --- graduated and volume -----------------------------------------------------------------
@@ -369,45 +369,13 @@ def test_large_quantities_are_exact() -> None:
 # --- currencies ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("amount_minor", "currency", "expected"),
-    [
-        (12345, "USD", "123.45"),
-        (100, "USD", "1.00"),
-        (5, "EUR", "0.05"),
-        (0, "USD", "0.00"),
-        (-12345, "USD", "-123.45"),
-        (12345, "JPY", "12345"),
-        (0, "JPY", "0"),
-        (12345, "KWD", "12.345"),
-        (7, "KWD", "0.007"),
-        (1000, "BHD", "1.000"),
-    ],
-)
-def test_to_major_units(amount_minor: int, currency: str, expected: str) -> None:
-    result = to_major_units(amount_minor, currency)
-
-    assert result == D(expected)
-    assert str(result) == expected
-
-
-def test_to_major_units_rejects_unknown_currency_and_non_integers() -> None:
-    with pytest.raises(KeyError):
-        to_major_units(1, "XXX")
-    with pytest.raises(TypeError):
-        to_major_units(D("1"), "USD")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        to_major_units(True, "USD")
-
-
 def test_rating_in_jpy_has_no_decimals() -> None:
     spec = PriceSpec(model="per_unit", unit_amount_minor=D("0.3"))  # yen per unit
 
     amount = rate(spec, D("5"))  # 1.5 yen
 
     assert amount == 2
-    assert to_major_units(amount, "JPY") == D("2")
-    assert str(to_major_units(amount, "JPY")) == "2"
+    assert format_minor(amount, "JPY") == "¥2"
 
 
 def test_rating_in_kwd_has_three_decimals() -> None:
@@ -416,8 +384,8 @@ def test_rating_in_kwd_has_three_decimals() -> None:
     amount = rate(spec, D("1000"))  # 12.5 fils
 
     assert amount == 13
-    assert str(to_major_units(amount, "KWD")) == "0.013"
-    assert str(to_major_units(rate(spec, D("1000000")), "KWD")) == "12.500"
+    assert format_minor(amount, "KWD") == "KD 0.013"
+    assert format_minor(rate(spec, D("1000000")), "KWD") == "KD 12.500"
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -687,16 +655,3 @@ def test_graduated_portions_cover_the_billable_quantity(spec: PriceSpec, quantit
 
     assert sum((p.quantity for p in line.portions), D(0)) == line.billable_quantity
     assert [p.tier_index for p in line.portions] == list(range(len(line.portions)))
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    amount_minor=st.integers(min_value=-(10**15), max_value=10**15),
-    currency=st.sampled_from(["USD", "JPY", "KWD", "EUR", "BHD"]),
-)
-def test_to_major_units_is_exact(amount_minor: int, currency: str) -> None:
-    places = {"USD": 2, "EUR": 2, "JPY": 0, "KWD": 3, "BHD": 3}[currency]
-    result = to_major_units(amount_minor, currency)
-
-    assert result.as_tuple().exponent == -places
-    assert Fraction(result) == Fraction(amount_minor, 10**places)

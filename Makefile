@@ -42,10 +42,12 @@ SQLITE_TESTS := tests/metering tests/invoicing/test_closing.py \
 	tests/budgets tests/portal/test_pages.py \
 	tests/billing_cycle tests/invoicing/test_plan_immutability.py
 
-## test: lint, migration check, the whole suite on a throw-away PostgreSQL server, then the
-## SQLite pass (SQLITE_TESTS on a SQLite file in a temporary directory)
+## test: lint, type check, migration check, the whole suite on a throw-away PostgreSQL server,
+## then the SQLite pass (SQLITE_TESTS on a SQLite file in a temporary directory)
 test: test-tools install-dev
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) scripts/with_postgres.py -- $(PY) -m pytest $(PYTEST_ARGS)
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
@@ -55,6 +57,7 @@ test: test-tools install-dev
 lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .hypothesis .mypy_cache

@@ -4,6 +4,8 @@ pause/resume and the audit log follow."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
@@ -18,8 +20,9 @@ class BudgetCapForm(forms.ModelForm):
         model = BudgetCap
         fields = ["customer", "cap_minor", "thresholds", "action"]
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         errors = rules.validate_budget(
             cap_minor=data.get("cap_minor"),
             thresholds=data.get("thresholds"),

@@ -93,6 +93,8 @@ def get_budget_status(
     `known`: the current period and its spend as the caller has just rated them (the portal's
     dashboard), so the period is not rated twice.
     """
+    period: BillingPeriod | None
+    spent: int | None
     if known is not None:
         period, spent = known
     else:
@@ -118,26 +120,23 @@ def status_if_unchanged(*, customer: Customer, period: BillingPeriod) -> BudgetS
     first: ingestion runs one per request, and the answer must not cost a locked write."""
     cap = BudgetCap.objects.filter(customer=customer).first()
     state = BudgetPeriodState.objects.filter(customer=customer, period_start=period.start).first()
-    capped = cap is not None and cap.cap_minor is not None
-    if state is None and (capped or customer.status == Customer.Status.PAUSED):
+    cap_minor = cap.cap_minor if cap is not None else None  # None: no cap
+    if state is None and (cap_minor is not None or customer.status == Customer.Status.PAUSED):
         return None  # the period's first check of a capped or paused customer records it
     spent = invoicing_selectors.preview_period_usage(period=period).total_minor
-    if capped:
-        assert cap is not None
+    if cap is not None and cap_minor is not None:
         crossed = rules.crossed_thresholds(
-            cap_minor=cap.cap_minor, thresholds=cap.thresholds, spent=spent
+            cap_minor=cap_minor, thresholds=cap.thresholds, spent=spent
         )
         alerted = set(
             BudgetAlert.objects.filter(
-                customer=customer, period_start=period.start, cap_minor=cap.cap_minor
+                customer=customer, period_start=period.start, cap_minor=cap_minor
             ).values_list("threshold", flat=True)
         )
         if not set(crossed) <= alerted:
             return None
     status = rules.status_for(cap=cap, state=state, spent=spent)
-    if state is not None and (
-        status != state.status or state.cap_minor != (cap.cap_minor if cap else None)
-    ):
+    if state is not None and (status != state.status or state.cap_minor != cap_minor):
         return None
     return status_of(
         customer=customer, period=period, cap=cap, state=state, spent=spent, status=status

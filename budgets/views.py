@@ -16,7 +16,7 @@ from billing_project.api_errors import ErrorOutput
 from budgets import selectors, services
 from budgets.serializers import AllowanceOutput, BudgetInput, BudgetOutput
 from invoicing.views import customer_for_request
-from metering.authentication import HasApiKey
+from metering.authentication import HasApiKey, request_api_key
 
 
 class AllowanceView(APIView):
@@ -58,7 +58,7 @@ class BudgetView(APIView):
             thresholds=data["thresholds"],
             action=data["action"],
             now=timezone.now(),
-            actor_label=request.auth.actor_label,
+            actor_label=request_api_key(request).actor_label,
         )
         return Response(BudgetOutput(state).data)
 
@@ -78,6 +78,6 @@ class AcknowledgeView(APIView):
         state = services.acknowledge_pause(  # services.NothingPaused: 409
             customer=customer,
             now=timezone.now(),
-            actor_label=request.auth.actor_label,
+            actor_label=request_api_key(request).actor_label,
         )
         return Response(BudgetOutput(state).data)

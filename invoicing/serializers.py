@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from rest_framework import serializers
 
@@ -45,7 +46,9 @@ class PlanInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     currency = serializers.ChoiceField(choices=sorted(CURRENCIES))
     interval = serializers.ChoiceField(choices=Interval.values, default=Interval.MONTH)
-    prices = serializers.ListSerializer(child=PriceInput(), allow_empty=True, max_length=100)
+    prices: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=PriceInput(), allow_empty=True, max_length=100
+    )
 
 
 class PlanOutput(serializers.ModelSerializer):

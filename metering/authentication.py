@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from rest_framework import authentication, exceptions
 from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
 
 from metering.models import ApiKey
 from metering.selectors import get_usable_api_key
@@ -66,3 +67,12 @@ class IsServiceWideKey(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return isinstance(request.user, AgentPrincipal) and request.user.is_service_wide
+
+
+def request_api_key(request: Request) -> ApiKey:
+    """The key that authenticated `request`. Views behind HasApiKey always have one; without,
+    the answer is the 401 of a missing key, never a 500."""
+    api_key = request.auth
+    if not isinstance(api_key, ApiKey):
+        raise exceptions.NotAuthenticated(INVALID_KEY_MESSAGE)
+    return api_key

@@ -50,7 +50,7 @@ from portal.presentation import series_charts
 # The document is self-contained: it may load nothing (same policy as the admin's copy).
 DOCUMENT_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 INVOICES_PER_PAGE = 25
-SAVED_TEXT = {
+SAVED_TEXT: dict[str | None, str] = {  # by the save's transition (None: none)
     "resumed": " Your agents may work again.",
     "paused": " The cap is already reached: your agents are asked to stop.",
 }

@@ -18,7 +18,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
     list_filter = ["action"]
     search_fields = ["=customer_external_id", "=object_id"]
     date_hierarchy = "at"
-    fields = [
+    fields = readonly_fields = (
         "at",
         "actor",
         "actor_id",
@@ -27,8 +27,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
         "object_id",
         "customer_external_id",
         "pretty_data",
-    ]
-    readonly_fields = fields
+    )
     show_full_result_count = False
 
     def has_add_permission(self, request: HttpRequest) -> bool:

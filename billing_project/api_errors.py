@@ -40,7 +40,8 @@ class ErrorItemOutput(serializers.Serializer):
 
 
 class ErrorOutput(serializers.Serializer):  # the error body, in the API schema
-    errors = ErrorItemOutput(many=True)
+    # DRF's metaclass takes declared fields off the class, so Serializer.errors stays.
+    errors = ErrorItemOutput(many=True)  # type: ignore[assignment]  # the stubs miss that
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
@@ -61,7 +62,7 @@ def as_domain_error(exc: Exception, context: dict) -> DomainError | None:
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         return InvalidApiKey(INVALID_KEY_MESSAGE)
     if isinstance(exc, exceptions.Throttled):
-        return RateLimited(exc.wait)
+        return RateLimited(exc.wait)  # type: ignore[attr-defined]  # DRF sets it; the stubs omit it
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is unreachable (restarting, failing over): nothing was committed, so
         # the client should retry the same request; say so instead of a bare 500.

@@ -21,7 +21,7 @@ from invoicing.serializers import (
 )
 from invoicing.services import plans, subscriptions
 from metering import selectors as metering_selectors
-from metering.authentication import HasApiKey, IsServiceWideKey
+from metering.authentication import HasApiKey, IsServiceWideKey, request_api_key
 from metering.models import Customer
 from metering.serializers import CustomerOutput
 
@@ -29,7 +29,7 @@ from metering.serializers import CustomerOutput
 def customer_for_request(request: Request, customer_id: str) -> Customer:
     """The customer named in the URL if the key may see it; 404 otherwise (no existence leak)."""
     customer = metering_selectors.get_customer_visible_to_key(
-        api_key=request.auth, external_id=customer_id
+        api_key=request_api_key(request), external_id=customer_id
     )
     if customer is None:
         raise Http404("unknown customer")

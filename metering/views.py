@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from billing_project.api_errors import ErrorOutput
 from billing_project.errors import RequestTooLarge, UnsupportedContentType
 from metering import event_parsing, hooks, selectors, services
-from metering.authentication import HasApiKey
+from metering.authentication import HasApiKey, request_api_key
 from metering.models import ApiKey
 from metering.parsers import FastJSONRenderer
 from metering.serializers import IngestionOutput, MeterOutput
@@ -96,14 +96,15 @@ class IngestEventsView(APIView):
         raw_events, is_batch, errors = event_parsing.split_events(body)
         if errors:
             raise services.IngestionRejected(errors)
-        result = services.record_usage_events(api_key=request.auth, raw_events=raw_events)
+        api_key = request_api_key(request)
+        result = services.record_usage_events(api_key=api_key, raw_events=raw_events)
         conflicts = result.count(services.CONFLICT)
         payload = {
             "accepted": result.count(services.ACCEPTED),
             "duplicates": result.count(services.DUPLICATE),
             "conflicts": conflicts,
             "events": [{"event_id": eid, "status": st} for eid, st in result.statuses],
-            "customers": _customer_statuses(result.customer_ids, request.auth),
+            "customers": _customer_statuses(result.customer_ids, api_key),
         }
         code = (
             status.HTTP_409_CONFLICT if (conflicts and not is_batch) else status.HTTP_202_ACCEPTED

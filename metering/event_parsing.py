@@ -63,9 +63,6 @@ class FieldError:
     field: str
     message: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "field": self.field, "message": self.message}
-
 
 @dataclass(frozen=True, slots=True)
 class EventInput:

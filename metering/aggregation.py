@@ -222,11 +222,6 @@ def aggregates_covering(event: UsageEvent) -> QuerySet[UsageAggregate]:
     )
 
 
-def aggregate_for_event(event: UsageEvent) -> UsageAggregate | None:
-    """The aggregate that billed an event (one query), or None while it is unbilled."""
-    return aggregates_covering(event).first()
-
-
 def events_of_aggregate(aggregate: UsageAggregate) -> QuerySet[UsageEvent]:
     """The events an aggregate billed (one indexed query)."""
     return _events(

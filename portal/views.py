@@ -440,7 +440,10 @@ def acknowledge(request: HttpRequest, customer: Customer) -> HttpResponse:
 
 @functools.cache
 def _favicon() -> bytes:
-    return Path(finders.find(FAVICON)).read_bytes()
+    path = finders.find(FAVICON)
+    if path is None:  # it ships with the portal app: only a broken install lacks it
+        raise FileNotFoundError(FAVICON)
+    return Path(path).read_bytes()
 
 
 @require_safe

@@ -432,7 +432,11 @@ def _summary_state(message: Notification | None, *, inline: bool) -> str:
 def _explain_open_periods(report: CycleReport, *, now: datetime) -> None:
     """Periods that have ended but are not closed: in their grace period, or held back."""
     grace = timedelta(seconds=settings.BILLING_GRACE_PERIOD)
-    failed = {entry.period_id for entry in report.select(step=Step.CLOSE, outcome=Outcome.FAILED)}
+    failed = {
+        entry.period_id
+        for entry in report.select(step=Step.CLOSE, outcome=Outcome.FAILED)
+        if entry.period_id is not None
+    }
     held = [pk for pk in closing.due_period_ids(now=now) if pk not in failed]
     ended = (
         BillingPeriod.objects.filter(end__lte=now)

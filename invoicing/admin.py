@@ -51,7 +51,7 @@ def _has_model_perm(request: HttpRequest, opts: Any, action: str) -> bool:
 # --- Plans and prices -----------------------------------------------------------------------
 
 
-class PlanVersionGuardMixin:
+class PlanVersionGuardMixin(admin.ModelAdmin):
     """Saves and deletes of a plan version, a price or (through its price) a tier first call
     plans.ensure_plan_version_editable on the version, inside the admin's transaction: the
     permissions below hide the forms of a version in use, and this refuses the rare save that
@@ -67,7 +67,9 @@ class PlanVersionGuardMixin:
         super().save_model(request, obj, form, change)
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        plans.ensure_plan_version_editable(plan_id=self._plan_id(obj))
+        plan_id = self._plan_id(obj)
+        assert plan_id is not None  # a row being deleted is stored
+        plans.ensure_plan_version_editable(plan_id=plan_id)
         super().delete_model(request, obj)
 
     def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

@@ -118,6 +118,20 @@ class InvalidApiKey(DomainError):
         )
 
 
+class NotFound(DomainError):
+    """No such resource (404): a path no URL can name (one with a NUL byte)."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+
+
+class LengthRequired(DomainError):
+    """A body of unknown length (411): chunked bodies are refused, never read as empty."""
+
+    status = HTTPStatus.LENGTH_REQUIRED
+    code = "length_required"
+
+
 class RequestTooLarge(DomainError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "too_large"

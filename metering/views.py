@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import JsonResponse
 from drf_spectacular.utils import OpenApiExample, extend_schema
@@ -15,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing_project.api_errors import ErrorOutput
-from billing_project.errors import RequestTooLarge, UnsupportedContentType
+from billing_project.errors import UnsupportedContentType
 from metering import event_parsing, hooks, selectors, services
 from metering.authentication import HasApiKey, request_api_key
 from metering.models import ApiKey
@@ -49,21 +47,6 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json"
 
 
-def _read_body(request: Request) -> bytes:
-    """The raw body, refused (413) above BILLING_MAX_BODY_BYTES, declared or read."""
-    too_big = RequestTooLarge(f"body must be at most {settings.BILLING_MAX_BODY_BYTES} bytes")
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > settings.BILLING_MAX_BODY_BYTES:
-        raise too_big
-    try:
-        return request.body
-    except RequestDataTooBig:
-        raise too_big from None
-
-
 class IngestEventsView(APIView):
     """`POST /api/v1/events`: one event, or `{"events": [...]}` with 1 to 1,000 events."""
 
@@ -92,7 +75,8 @@ class IngestEventsView(APIView):
             raise UnsupportedContentType(
                 "Content-Type must be application/json", field="content-type"
             )
-        body = event_parsing.decode_body(_read_body(request))
+        # The body is whole and within BILLING_MAX_BODY_BYTES (billing_project.request_guard).
+        body = event_parsing.decode_body(request.body)
         raw_events, is_batch, errors = event_parsing.split_events(body)
         if errors:
             raise services.IngestionRejected(errors)

@@ -10,6 +10,7 @@ import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
+from billing_project.settings.email import env_anymail, tracking_webhook_provider
 from billing_project.settings.env import env_bool, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -63,6 +64,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # NUL bytes, bodies of unknown length, over the limit or cut short: refused here, for
+    # every URL, before any session or query (billing_project/request_guard.py).
+    "billing_project.request_guard.RequestGuardMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -241,7 +245,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# Request bodies above this size are refused with 413 (DESIGN section 3).
+# Request bodies above this size are refused with 413 on every URL (DESIGN section 3), by
+# billing_project/request_guard.py before anything is read.
 BILLING_MAX_BODY_BYTES = 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = BILLING_MAX_BODY_BYTES
 
@@ -329,7 +334,14 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.Emai
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "billing@localhost")
-ANYMAIL: dict[str, str] = {}
+# django-anymail's options: the JSON object in ANYMAIL, then each ANYMAIL_<NAME> variable
+# (ANYMAIL_POSTMARK_SERVER_TOKEN, ANYMAIL_WEBHOOK_SECRET=user:password, ...).
+ANYMAIL = env_anymail()
+# The provider whose delivery/bounce webhook is mounted at /anymail/<provider>/tracking/: the
+# one EMAIL_BACKEND names, and only when its webhook is authenticated (basic auth with
+# ANYMAIL_WEBHOOK_SECRET, or the provider's signing key). Production refuses to start with an
+# anymail provider whose webhook would be unauthenticated. No other provider's URL exists.
+EMAIL_TRACKING_PROVIDER = tracking_webhook_provider(EMAIL_BACKEND, ANYMAIL, production=PRODUCTION)
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

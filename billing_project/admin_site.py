@@ -13,17 +13,22 @@ its user, whoever wrote the admin page.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.http import HttpRequest
+from django.core.exceptions import ObjectDoesNotExist
+from django.http import Http404, HttpRequest
+from django.urls import URLPattern
 from django_otp import devices_for_user, user_has_device
 from django_otp.forms import OTPAuthenticationFormMixin
 
 from audit.audited_admin import AuditedModelAdmin
+from billing_project.forms import BoundedTextFieldsMixin
 
 TWO_FACTOR_LOGIN_TEMPLATE = "otp/admin111/login.html"  # django-otp's admin login page
 
@@ -41,7 +46,7 @@ def needs_second_factor(user: Any) -> bool:
     return settings.BILLING_ADMIN_2FA and user_has_device(user, confirmed=True)
 
 
-class BackOfficeLoginForm(AdminAuthenticationForm):
+class BackOfficeLoginForm(BoundedTextFieldsMixin, AdminAuthenticationForm):
     """The admin login, refusing staff outside the back-office groups like a wrong password."""
 
     def confirm_login_allowed(self, user: Any) -> None:
@@ -58,11 +63,14 @@ class TwoFactorBackOfficeLoginForm(OTPAuthenticationFormMixin, BackOfficeLoginFo
     """The admin login with django-otp's token fields; the token is checked only for users
     who have a confirmed device. With a single device, that device is used without asking."""
 
-    otp_device = forms.CharField(required=False, widget=forms.Select)
+    # A device's persistent id ("otp_totp.totpdevice/12"), a token of a few digits.
+    otp_device = forms.CharField(required=False, max_length=100, widget=forms.Select)
     otp_token = forms.CharField(
-        required=False, widget=forms.TextInput(attrs={"autocomplete": "one-time-code"})
+        required=False,
+        max_length=16,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code"}),
     )
-    otp_challenge = forms.CharField(required=False)  # django-otp's "Get OTP Challenge" button
+    otp_challenge = forms.CharField(required=False, max_length=32)  # "Get OTP Challenge"
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -79,6 +87,46 @@ class TwoFactorBackOfficeLoginForm(OTPAuthenticationFormMixin, BackOfficeLoginFo
             if len(devices) == 1:
                 device = devices[0]
         return device
+
+
+class SafeLookupsAdminMixin:
+    """Mixed into every model admin the site registers (ours and third-party apps'): an object
+    named in the URL that does not exist is a 404, whatever view looks it up."""
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
+        # `?_to_field=` (empty) is not a field: Django would look for a field named "" and 500.
+        return super().get_object(request, object_id, from_field or None)  # type: ignore[misc]
+
+    def get_urls(self) -> list[Any]:
+        # Views that third-party admins add (django-otp's device configuration and QR code)
+        # fetch their object with .get(): a missing id raises DoesNotExist, answered 404 here.
+        urls = super().get_urls()  # type: ignore[misc]
+        for url in urls:
+            if isinstance(url, URLPattern):
+                url.callback = _missing_object_is_404(url.callback)
+        return urls
+
+
+def _missing_object_is_404(view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(request, *args, **kwargs)
+        except ObjectDoesNotExist:
+            raise Http404("no such object") from None
+
+    return wrapper
+
+
+def with_safe_lookups(admin_class: type[admin.ModelAdmin]) -> type[admin.ModelAdmin]:
+    """The admin class with SafeLookupsAdminMixin under it (itself if it has it already)."""
+    if issubclass(admin_class, SafeLookupsAdminMixin):
+        return admin_class
+    return type(
+        admin_class.__name__,
+        (SafeLookupsAdminMixin, admin_class),
+        {"__module__": admin_class.__module__, "__doc__": admin_class.__doc__},
+    )
 
 
 def audited(admin_class: type[admin.ModelAdmin]) -> type[admin.ModelAdmin]:
@@ -99,7 +147,11 @@ class BillingAdminSite(admin.AdminSite):
         admin_class: type[admin.ModelAdmin] | None = None,
         **options: Any,
     ) -> None:
-        super().register(model_or_iterable, audited(admin_class or admin.ModelAdmin), **options)
+        super().register(
+            model_or_iterable,
+            audited(with_safe_lookups(admin_class or admin.ModelAdmin)),
+            **options,
+        )
 
     @property
     def login_form(self) -> type[AdminAuthenticationForm]:  # type: ignore[override]

@@ -16,17 +16,23 @@ from typing import Any
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.contrib.auth.models import User
+from django.core.validators import MaxValueValidator, MinValueValidator
 
+from billing_project.forms import BoundedTextFieldsMixin
 from budgets import rules
 from budgets.models import BudgetCap
 from metering.currencies import CURRENCIES
 from metering.models import PortalMembership
 from portal.selectors import PROPERTY_NAME
 
+# Export dates: a day after the last still has a midnight in every zone (9999-12-31 has not).
+EARLIEST_EXPORT_DATE = date(2000, 1, 1)
+LATEST_EXPORT_DATE = date(2100, 12, 31)
+MAX_ID = 2**63 - 1  # a bigint primary key
 DAY_CHOICES = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days")]
 
 
-class PortalAuthenticationForm(AuthenticationForm):
+class PortalAuthenticationForm(BoundedTextFieldsMixin, AuthenticationForm):
     """Django's sign-in, refusing logins that belong to no customer (finance staff use /admin/)."""
 
     error_messages = {
@@ -166,13 +172,24 @@ class DashboardForm(forms.Form):
         return value
 
 
-class ExportRangeForm(forms.Form):
-    """Export by local dates, both inclusive."""
-
-    start = forms.DateField(
-        label="From (first day)", widget=forms.DateInput(attrs={"type": "date"})
+def _export_date(label: str) -> forms.DateField:
+    bounds = {"min": EARLIEST_EXPORT_DATE.isoformat(), "max": LATEST_EXPORT_DATE.isoformat()}
+    return forms.DateField(
+        label=label,
+        widget=forms.DateInput(attrs={"type": "date", **bounds}),
+        validators=[MinValueValidator(EARLIEST_EXPORT_DATE), MaxValueValidator(LATEST_EXPORT_DATE)],
+        error_messages={
+            "min_value": f"Enter a day from {EARLIEST_EXPORT_DATE} to {LATEST_EXPORT_DATE}.",
+            "max_value": f"Enter a day from {EARLIEST_EXPORT_DATE} to {LATEST_EXPORT_DATE}.",
+        },
     )
-    end = forms.DateField(label="To (last day)", widget=forms.DateInput(attrs={"type": "date"}))
+
+
+class ExportRangeForm(forms.Form):
+    """Export by local dates, both inclusive, between EARLIEST and LATEST_EXPORT_DATE."""
+
+    start = _export_date("From (first day)")
+    end = _export_date("To (last day)")
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -185,4 +202,4 @@ class ExportRangeForm(forms.Form):
 
 
 class ExportPeriodForm(forms.Form):
-    period = forms.IntegerField(min_value=1, label="Billing period")
+    period = forms.IntegerField(min_value=1, max_value=MAX_ID, label="Billing period")

@@ -20,8 +20,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("favicon.ico", favicon, name="favicon"),
-    # delivery and bounce tracking webhooks of the e-mail provider (django-anymail)
-    path("anymail/", include("anymail.urls")),
+    # the configured e-mail provider's delivery and bounce webhook, when authenticated
+    path("anymail/", include("notifications.tracking_urls")),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("portal/", include("portal.urls")),
     path("", RedirectView.as_view(url="/portal/", permanent=False), name="home"),

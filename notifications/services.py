@@ -274,10 +274,31 @@ def send_usage_summaries_now(*, invoice_ids: Collection[int]) -> list[Notificati
 _BOUNCED = {"bounced", "rejected", "failed", "complained"}
 
 
+_MAX_RECIPIENT = 254  # characters of an e-mail address (RFC 5321)
+_MESSAGE_ID_LENGTH = Notification._meta.get_field("provider_message_id").max_length
+_KEY_LENGTH = Notification._meta.get_field("key").max_length
+
+
+def _bounce_key(notification_pk: int, recipient: str) -> str:
+    key = f"ops-bounce:{notification_pk}:{recipient}"
+    if len(key) <= _KEY_LENGTH:
+        return key
+    return f"ops-bounce:{notification_pk}:sha256:{hashlib.sha256(recipient.encode()).hexdigest()}"
+
+
 def record_tracking_event(*, message_id: str, event_type: str, recipient: str) -> None:
-    """Apply a provider's delivery/bounce event to the message; tell finance of a bounce."""
+    """Apply a provider's delivery/bounce event to the message; tell finance of a bounce.
+
+    The fields come from the provider's webhook as it sent them: a message id that no stored id
+    can equal (too long, or with a NUL, which PostgreSQL cannot compare) is an unknown message,
+    and the recipient is kept to an address's length, without NULs."""
+    if not message_id or len(message_id) > _MESSAGE_ID_LENGTH or "\x00" in message_id:
+        logger.info("tracking event %s for an unknown message", event_type[:32])
+        return
+    event_type = event_type.replace("\x00", "")[:32]
+    recipient = recipient.replace("\x00", "")[:_MAX_RECIPIENT]
     notification = Notification.objects.filter(provider_message_id=message_id).first()
-    if notification is None or not message_id:
+    if notification is None:
         logger.info("tracking event %s for unknown message %s", event_type, message_id)
         return
     if event_type == "delivered" and notification.status == N.Status.SENT:
@@ -288,7 +309,7 @@ def record_tracking_event(*, message_id: str, event_type: str, recipient: str) -
         )
         if notification.kind != N.Kind.OPS_BOUNCE:
             queue_notification(
-                key=f"ops-bounce:{notification.pk}:{recipient}",
+                key=_bounce_key(notification.pk, recipient),
                 kind=N.Kind.OPS_BOUNCE,
                 recipients=list(settings.BILLING_OPS_EMAILS),
                 subject=f"Billing e-mail to {recipient} bounced",

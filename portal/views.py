@@ -46,6 +46,7 @@ from metering.serializers import decimal_text
 from portal import forms, selectors
 from portal.access import customer_required
 from portal.presentation import series_charts
+from portal.spreadsheet import spreadsheet_safe
 
 # The document is self-contained: it may load nothing (same policy as the admin's copy).
 DOCUMENT_CSP = "default-src 'none'; style-src 'unsafe-inline'"
@@ -290,22 +291,22 @@ def rfc3339_utc(instant: datetime) -> str:
 
 
 def csv_lines(customer: Customer, start: datetime, end: datetime) -> Iterator[str]:
-    """The header, then one line per event: the columns the ingestion API takes."""
+    """The header, then one line per event: the columns the ingestion API takes, each cell
+    made safe to open in a spreadsheet (portal.spreadsheet)."""
     writer = csv.writer(_Echo())
     yield writer.writerow(selectors.EXPORT_COLUMNS)
     for event_id, meter, quantity, timestamp, properties in selectors.export_events(
         customer=customer, start=start, end=end
     ):
-        yield writer.writerow(
-            [
-                event_id,
-                customer.external_id,
-                meter,
-                decimal_text(quantity),
-                rfc3339_utc(timestamp),
-                json.dumps(properties or {}, sort_keys=True, separators=(",", ":")),
-            ]
-        )
+        cells = [
+            event_id,
+            customer.external_id,
+            meter,
+            decimal_text(quantity),
+            rfc3339_utc(timestamp),
+            json.dumps(properties or {}, sort_keys=True, separators=(",", ":")),
+        ]
+        yield writer.writerow([spreadsheet_safe(cell) for cell in cells])
 
 
 def _csv_response(

@@ -19,9 +19,12 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.core.exceptions import ObjectDoesNotExist
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.http import Http404, HttpRequest
 from django.urls import URLPattern
 from django_otp import devices_for_user, user_has_device
@@ -89,9 +92,40 @@ class TwoFactorBackOfficeLoginForm(OTPAuthenticationFormMixin, BackOfficeLoginFo
         return device
 
 
+class SafeChangeListMixin:
+    """A changelist whose date hierarchy out of range (`?timestamp__year=9999&...__day=31`,
+    whose next day does not exist, or a year of 40 digits) is an invalid lookup, which the admin
+    answers with its "invalid filter" redirect, like any other; Django raised OverflowError."""
+
+    def get_filters(self, request: HttpRequest):
+        try:
+            return super().get_filters(request)  # type: ignore[misc]
+        except (OverflowError, ValueError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+
+
 class SafeLookupsAdminMixin:
     """Mixed into every model admin the site registers (ours and third-party apps'): an object
-    named in the URL that does not exist is a 404, whatever view looks it up."""
+    named in the URL that does not exist is a 404, whatever view looks it up, a changelist
+    filter out of range is an invalid lookup (SafeChangeListMixin), and an action on ids that
+    are no key changes nothing."""
+
+    def response_action(self, request: HttpRequest, queryset: Any) -> Any:
+        # Django filters the queryset by the posted ids as they came: "abc" for an integer key
+        # raised ValueError. Ids that are no key select nothing (the admin's redirect back).
+        key = self.model._meta.pk  # type: ignore[attr-defined]
+        try:
+            for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+                key.get_prep_value(key.to_python(value))
+        except (ValidationError, ValueError, TypeError):
+            self.message_user(  # type: ignore[attr-defined]
+                request, "No such objects: nothing was changed.", messages.WARNING
+            )
+            return None
+        return super().response_action(request, queryset)  # type: ignore[misc]
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _safe_changelist(super().get_changelist(request, **kwargs))  # type: ignore[misc]
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
         # `?_to_field=` (empty) is not a field: Django would look for a field named "" and 500.
@@ -105,6 +139,13 @@ class SafeLookupsAdminMixin:
             if isinstance(url, URLPattern):
                 url.callback = _missing_object_is_404(url.callback)
         return urls
+
+
+@functools.cache
+def _safe_changelist(base: type[ChangeList]) -> type[ChangeList]:
+    if issubclass(base, SafeChangeListMixin):
+        return base
+    return type(base.__name__, (SafeChangeListMixin, base), {})
 
 
 def _missing_object_is_404(view: Callable[..., Any]) -> Callable[..., Any]:

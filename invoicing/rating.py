@@ -41,6 +41,9 @@ TIERED_MODELS: tuple[str, ...] = (GRADUATED, VOLUME)
 # Unit prices are in minor units with at most this many decimal places (Stripe's
 # `unit_amount_decimal` allows 12), since per-token prices are tiny.
 MAX_UNIT_AMOUNT_PLACES = 12
+# Flat, package and minimum amounts are stored as bigint minor units: at most 10^15 (as a
+# budget cap), far inside the column and any real price.
+MAX_AMOUNT_MINOR = 10**15
 
 # Significant digits of the exact arithmetic. Quantities reach 10^12 with 6 places (18 digits)
 # and unit prices carry 12 places, so products fit comfortably; anything that does not raises.
@@ -362,11 +365,13 @@ def _check_unit_amount(errors: list[str], field: str, value: object) -> None:
 
 
 def _check_minor(errors: list[str], field: str, value: object) -> None:
-    """Append an error unless ``value`` is an int amount in minor units, >= 0."""
+    """Append an error unless ``value`` is an int amount in minor units, 0 to 10^15."""
     if isinstance(value, bool) or not isinstance(value, int):
         errors.append(f"{field} must be an integer in minor units, not {type(value).__name__}")
     elif value < 0:
         errors.append(f"{field} must be >= 0; got {value}")
+    elif value > MAX_AMOUNT_MINOR:
+        errors.append(f"{field} must be at most 10^15 minor units")
 
 
 def _check_tiers(errors: list[str], tiers: tuple[Tier, ...]) -> None:

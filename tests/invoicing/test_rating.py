@@ -435,6 +435,14 @@ OPEN = Tier(up_to=None, unit_amount_minor=D("1"))
             ["minimum_minor must be >= 0; got -1"],
         ),
         (
+            PriceSpec(model="per_unit", unit_amount_minor=D("1"), minimum_minor=10**15 + 1),
+            ["minimum_minor must be at most 10^15 minor units"],
+        ),
+        (
+            PriceSpec(model="package", package_size=D("60"), package_amount_minor=2**63),
+            ["package_amount_minor must be at most 10^15 minor units"],
+        ),
+        (
             PriceSpec(model="per_unit", unit_amount_minor=D("1"), minimum_minor=1.5),  # type: ignore[arg-type]
             ["minimum_minor must be an integer in minor units, not float"],
         ),

@@ -1,0 +1,77 @@
+"""The hostile-input suite (cases.py): each case gets exactly its status, never a 5xx, and
+changes no table's row count (except the attempt a failed login records), as the caller it
+names. Login throttling is on, as in production.
+
+The same cases run against a real server with the production settings in
+test_production.py.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from invoicing.models import BillingPeriod
+from metering.models import BudgetCap
+from tests.metering.helpers import iso
+from tests.security.hostile.cases import CASES, Case
+from tests.security.hostile.world import World, changed_tables, table_counts
+
+pytestmark = pytest.mark.django_db
+
+
+def world_values(world: World) -> dict[str, object]:
+    """The ids the cases may name (`{invoice}`, ...)."""
+    return {
+        "invoice": world.invoice.pk,
+        "period": world.acme.period.pk,
+        "globex_period": BillingPeriod.objects.filter(customer=world.globex.customer)
+        .order_by("pk")
+        .first()
+        .pk,
+        "customer_pk": world.acme.customer.pk,
+        "cap": BudgetCap.objects.get(customer=world.acme.customer).pk,
+        "key_pk": world.service_key[0].pk,
+        "staff_pk": world.staff.pk,
+        "timestamp": iso(timezone.now() - timedelta(hours=1)),
+    }
+
+
+def send(world: World, case: Case, values: dict[str, object]):
+    client = world.clients[case.role]
+    extra = dict(case.headers)
+    cookie = extra.pop("HTTP_COOKIE", None)
+    if cookie is not None:
+        client = type(client)(raise_request_exception=False)
+        client.cookies.load(cookie)
+    return client.generic(
+        case.method,
+        case.url(values),
+        case.payload(values),
+        content_type=case.content_type,
+        **extra,
+    )
+
+
+@pytest.fixture
+def throttled_world(module_world, settings):
+    settings.AXES_ENABLED = True
+    return module_world
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.area}-{c.id}" for c in CASES])
+def test_a_hostile_request_gets_its_status_and_changes_nothing(throttled_world, case):
+    values = world_values(throttled_world)
+    before = table_counts()
+
+    response = send(throttled_world, case, values)
+
+    changed = changed_tables(before, table_counts())
+    error = response.exc_info[1] if response.exc_info else None
+    assert response.status_code < 500, f"{response.status_code}: {error!r}"
+    assert response.status_code == case.status
+    assert {name: new - old for name, (old, new) in changed.items()} == case.changes
+    if case.error is not None:
+        assert response.json()["errors"][0]["message"] == case.error

@@ -8,35 +8,12 @@ test_production.py.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
-from django.utils import timezone
 
-from invoicing.models import BillingPeriod
-from metering.models import BudgetCap
-from tests.metering.helpers import iso
 from tests.security.hostile.cases import CASES, Case
-from tests.security.hostile.world import World, changed_tables, table_counts
+from tests.security.hostile.world import World, changed_tables, table_counts, world_values
 
 pytestmark = pytest.mark.django_db
-
-
-def world_values(world: World) -> dict[str, object]:
-    """The ids the cases may name (`{invoice}`, ...)."""
-    return {
-        "invoice": world.invoice.pk,
-        "period": world.acme.period.pk,
-        "globex_period": BillingPeriod.objects.filter(customer=world.globex.customer)
-        .order_by("pk")
-        .first()
-        .pk,
-        "customer_pk": world.acme.customer.pk,
-        "cap": BudgetCap.objects.get(customer=world.acme.customer).pk,
-        "key_pk": world.service_key[0].pk,
-        "staff_pk": world.staff.pk,
-        "timestamp": iso(timezone.now() - timedelta(hours=1)),
-    }
 
 
 def send(world: World, case: Case, values: dict[str, object]):

@@ -9,6 +9,7 @@ table in one query, so a test can compare before and after each request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.apps import apps
 from django.contrib.auth.models import User
@@ -16,10 +17,11 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from invoicing.models import Invoice
+from invoicing.models import BillingPeriod, Invoice
 from metering import services as metering_services
-from metering.models import ApiKey
+from metering.models import ApiKey, BudgetCap
 from notifications import services as notification_services
+from tests.metering.helpers import iso
 from tests.portal.conftest import PortalCustomer, build_history, make_meters, make_portal_customer
 
 STAFF_PASSWORD = "finance-password-1"
@@ -70,6 +72,23 @@ def build_world(**client_defaults) -> World:
     world.clients["portal"].force_login(acme.user)
     world.clients["staff"].force_login(staff)
     return world
+
+
+def world_values(world: World) -> dict[str, object]:
+    """The ids the cases may name (`{invoice}`, ...)."""
+    return {
+        "invoice": world.invoice.pk,
+        "period": world.acme.period.pk,
+        "globex_period": BillingPeriod.objects.filter(customer=world.globex.customer)
+        .order_by("pk")
+        .first()
+        .pk,
+        "customer_pk": world.acme.customer.pk,
+        "cap": BudgetCap.objects.get(customer=world.acme.customer).pk,
+        "key_pk": world.service_key[0].pk,
+        "staff_pk": world.staff.pk,
+        "timestamp": iso(timezone.now() - timedelta(hours=1)),
+    }
 
 
 def _tables() -> list[str]:

@@ -78,7 +78,5 @@ def test_the_second_factor_fields_are_bounded(acme, client, settings):
     assert response.status_code == 200
     errors = response.context["form"].errors
     assert errors["otp_token"] == ["Ensure this value has at most 16 characters (it has 10000)."]
-    assert errors["otp_device"] == [
-        "Ensure this value has at most 100 characters (it has 10000)."
-    ]
+    assert errors["otp_device"] == ["Ensure this value has at most 100 characters (it has 10000)."]
     assert attempts()[2] == before[2]

@@ -17,10 +17,11 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from budgets import services as budget_services
+from budgets.models import BudgetCap
 from invoicing.models import BillingPeriod, Invoice
 from metering import services as metering_services
-from metering.models import ApiKey, BudgetCap
-from notifications import services as notification_services
+from metering.models import ApiKey
 from tests.metering.helpers import iso
 from tests.portal.conftest import PortalCustomer, build_history, make_meters, make_portal_customer
 
@@ -53,7 +54,7 @@ def build_world(**client_defaults) -> World:
     acme_key = metering_services.create_api_key(name="acme", customer=acme.customer)
     invoice = build_history(acme, service_key[0], prefix="a")
     build_history(globex, service_key[0], prefix="b")
-    notification_services.set_budget(
+    budget_services.set_budget_cap(
         customer=acme.customer,
         cap_minor=10_000_000,
         thresholds=[50, 80, 100],

@@ -23,7 +23,7 @@ from budgets import rules
 from budgets.models import BudgetCap
 from metering.currencies import CURRENCIES
 from metering.models import PortalMembership
-from portal.selectors import PROPERTY_NAME
+from portal.selectors import is_property_name
 
 # Export dates: a day after the last still has a midnight in every zone (9999-12-31 has not).
 EARLIEST_EXPORT_DATE = date(2000, 1, 1)
@@ -165,9 +165,10 @@ class DashboardForm(forms.Form):
 
     def clean_property(self) -> str:
         value = self.cleaned_data["property"].strip() or "agent_id"
-        if not PROPERTY_NAME.match(value):
+        if not is_property_name(value):
             raise forms.ValidationError(
-                "A property name has 1 to 64 letters, digits, and _ . : - characters."
+                "A property name has 1 to 64 letters, digits, and _ . : - characters, and is not "
+                "a number."
             )
         return value
 

@@ -34,6 +34,21 @@ QUANTITY_STEP = Decimal("0.000001")  # quantities carry 6 decimal places
 # A level (a latest meter) is charted, and broken down, by its peak over the day or value.
 CHARTED_AS = {aggregations.LATEST.code: aggregations.MAX}
 PROPERTY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def is_property_name(name: str) -> bool:
+    """A name the breakdown can split by: 1 to 64 of the characters above, and not a number.
+    Django's JSON key lookups read a key that int() accepts ("5", "-5", "5_0", 40 digits) as
+    an array index, which finds nothing in an object (and overflows PostgreSQL's integer)."""
+    if not PROPERTY_NAME.match(name):
+        return False
+    try:
+        int(name)
+    except ValueError:
+        return True
+    return False
+
+
 _EXACT = decimal.Context(prec=60, rounding=ROUND_HALF_UP)
 
 
@@ -264,7 +279,7 @@ def property_breakdown(
     """The period's usage split by one property's values: the `limit` values with the most
     events, each with its quantity per meter. Two scans of the period's events (the top values
     with their count, then their quantities per meter): callers cache the result."""
-    if not PROPERTY_NAME.match(prop):
+    if not is_property_name(prop):
         raise ValueError(f"not a property name: {prop!r}")
     events = _period_events(customer, period).annotate(value=aggregations.property_text(prop))
     # One scan gives the top values and, as a window over the groups, how many there are.
@@ -318,7 +333,7 @@ def property_names(*, customer: Customer, period: BillingPeriod, sample: int = 2
         names.update(
             key for properties in recent if isinstance(properties, dict) for key in properties
         )
-    return sorted(name for name in names if PROPERTY_NAME.match(name))[:50]
+    return sorted(name for name in names if is_property_name(name))[:50]
 
 
 # --- Invoices, periods ---------------------------------------------------------------

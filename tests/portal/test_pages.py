@@ -237,6 +237,28 @@ def test_dashboard_options_fall_back_on_bad_input(acme_history, client):
     assert {row.value: row.events for row in model.rows} == {"m1": 3, "m2": 2, None: 4}
 
 
+@pytest.mark.parametrize("name", ["5", "-5", "5_0", "9" * 40, "-" + "9" * 40])
+def test_a_numeric_property_name_falls_back_like_any_bad_name(acme_history, client, name):
+    """Django reads a JSON key that int() accepts as an array index (40 digits overflowed
+    PostgreSQL's integer: a 500): such names are refused and the breakdown is by agent_id."""
+    acme, _ = acme_history
+    client.force_login(acme.user)
+
+    panel = client.get(f"/portal/breakdown/?property={name}&fragment=1")
+
+    assert panel.status_code == 200
+    assert panel.context["breakdown"].property == "agent_id"
+    assert "and is not a number." in panel.content.decode()
+    assert not selectors.is_property_name(name)
+    with pytest.raises(ValueError, match="not a property name"):
+        selectors.property_breakdown(customer=acme.customer, period=acme.period, prop=name)
+
+
+@pytest.mark.parametrize("name", ["agent_id", "model", "gen_ai.usage", "a-1", "5a", "x:5"])
+def test_property_names_with_a_letter_are_property_names(name):
+    assert selectors.is_property_name(name)
+
+
 def test_dashboard_reads_no_event_and_links_to_the_breakdown(acme_history, client):
     """The dashboard reads rollups only; the breakdown (which reads events) is a page of its
     own that the dashboard links to, and a fragment its script loads into the page."""

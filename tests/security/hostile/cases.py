@@ -710,6 +710,9 @@ for name, query, status in [
     ("property-unicode", q(property=UNICODE), 200),
     ("property-sql", q(property="x' OR 1=1 --"), 200),
     ("property-nul", "?property=agent%00id", 400),
+    ("property-huge-number", q(property=HUGE), 200),  # read as an array index: refused
+    ("property-negative", q(property="-" + HUGE), 200),
+    ("property-number", q(property="5_0"), 200),
     ("everything", q(days=HUGE, property=LONG, fragment=LONG), 200),
 ]:
     PORTAL.append(Case(f"dashboard-{name}", "portal", "GET", "/portal/" + query, status))

@@ -41,7 +41,7 @@ from tests.security.hostile.world import (
     world_values,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SECRET_KEY = secrets.token_urlsafe(48)
 CSRF_SECRET = "A" * 32  # an unmasked CSRF secret, sent as the cookie and the header

@@ -131,10 +131,14 @@ def replay(host: str, port: int, case: Case, url: str, body: bytes, headers: dic
         if not chunked and "Content-Length" not in headers:
             connection.putheader("Content-Length", str(len(body)))
         connection.endheaders()
-        if chunked:
-            connection.send((b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n")
-        elif body:
-            connection.send(body)
+        try:
+            if chunked:
+                chunk = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+                connection.send(chunk + b"0\r\n\r\n")
+            elif body:
+                connection.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the body was read (413) and closed: the answer is waiting
         response = connection.getresponse()
         response.read()
         return response.status

@@ -45,7 +45,9 @@ def _refusal(request: HttpRequest, error: DomainError) -> HttpResponse:
 
 
 def _has_nul_in_query(request: HttpRequest) -> bool:
-    return any(NUL in key or NUL in value for key, value in request.GET.lists() for value in value)
+    return any(
+        NUL in key or NUL in value for key, values in request.GET.lists() for value in values
+    )
 
 
 def _has_nul_in_headers(request: HttpRequest) -> bool:

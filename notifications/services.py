@@ -275,8 +275,9 @@ _BOUNCED = {"bounced", "rejected", "failed", "complained"}
 
 
 _MAX_RECIPIENT = 254  # characters of an e-mail address (RFC 5321)
-_MESSAGE_ID_LENGTH = Notification._meta.get_field("provider_message_id").max_length
-_KEY_LENGTH = Notification._meta.get_field("key").max_length
+# The columns' lengths (both set on the model, so never the fallback 0).
+_MESSAGE_ID_LENGTH = Notification._meta.get_field("provider_message_id").max_length or 0
+_KEY_LENGTH = Notification._meta.get_field("key").max_length or 0
 
 
 def _bounce_key(notification_pk: int, recipient: str) -> str:

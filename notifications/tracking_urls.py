@@ -15,12 +15,13 @@ from anymail import urls as anymail_urls
 from anymail.exceptions import AnymailConfigurationError, AnymailWebhookValidationFailure
 from django.conf import settings
 from django.urls import URLPattern, path
+from django.views import View
 
 # What a provider's parser raises on a body of the wrong shape (or of the wrong webhook).
 _PARSE_ERRORS = (ValueError, TypeError, AttributeError, LookupError, AnymailConfigurationError)
 
 
-def _readable_only(view_class: type) -> type:
+def _readable_only(view_class: type[View]) -> type[View]:
     """The provider's view, answering 400 to a body its parser cannot read."""
 
     def parse_events(self, request):

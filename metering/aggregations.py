@@ -235,18 +235,9 @@ def summarize_events(
         )
         for row in rows
     }
-    wanted = set(latest_of) & {key[-1] for key in partials}
-    if wanted:
-        picked = _latest_per_group(
-            events.filter(meter_id__in=sorted(wanted)),
-            keys,
-            at="timestamp",
-            pk="pk",
-            value="quantity",
-        )
-        for key, latest in picked.items():
-            partials[key] = replace(partials[key], latest=latest)
-    return partials
+    return _with_latest(
+        partials, events, keys, latest_of, at="timestamp", pk="pk", value="quantity"
+    )
 
 
 def summarize_rollups(
@@ -274,14 +265,33 @@ def summarize_rollups(
         )
         for row in rows
     }
+    return _with_latest(
+        partials,
+        rollups,
+        keys,
+        latest_of,
+        at="latest_at",
+        pk="latest_event_pk",
+        value="latest_quantity",
+    )
+
+
+def _with_latest(
+    partials: dict[Key, Partial],
+    rows: QuerySet[Any],
+    keys: list[str],
+    latest_of: Collection[int],
+    *,
+    at: str,
+    pk: str,
+    value: str,
+) -> dict[Key, Partial]:
+    """`partials` with the latest value set for the groups of `latest_of` meters (events and
+    rollups name the columns of their latest row differently: at, pk, value)."""
     wanted = set(latest_of) & {key[-1] for key in partials}
     if wanted:
         picked = _latest_per_group(
-            rollups.filter(meter_id__in=sorted(wanted)),
-            keys,
-            at="latest_at",
-            pk="latest_event_pk",
-            value="latest_quantity",
+            rows.filter(meter_id__in=sorted(wanted)), keys, at=at, pk=pk, value=value
         )
         for key, latest in picked.items():
             partials[key] = replace(partials[key], latest=latest)

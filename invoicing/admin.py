@@ -41,6 +41,7 @@ from invoicing.pricing import price_spec
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
 from invoicing.services import invoices, plans, subscriptions
 from metering.currencies import format_minor, format_unit_amount
+from metering.localtime import customer_time
 from metering.models import UsageAggregate
 
 
@@ -423,15 +424,41 @@ class SubscriptionAdmin(admin.ModelAdmin):
 
 @admin.register(BillingPeriod)
 class BillingPeriodAdmin(admin.ModelAdmin):
-    list_display = ["customer", "plan", "start", "end", "status", "closed_at", "invoice_link"]
+    list_display = [
+        "customer",
+        "plan",
+        "local_start",
+        "local_end",
+        "status",
+        "closed_at",
+        "invoice_link",
+    ]
     list_filter = ["status", "customer", "plan"]
     list_select_related = ["customer", "plan", "invoice"]
     date_hierarchy = "start"
     search_fields = ["customer__external_id"]
-    fields = ["customer", "plan", "start", "end", "status", "closed_at", "invoice_link"]
-    readonly_fields = ["invoice_link"]
+    fields = [
+        "customer",
+        "plan",
+        "local_start",
+        "local_end",
+        "start",
+        "end",
+        "status",
+        "closed_at",
+        "invoice_link",
+    ]
+    readonly_fields = ["local_start", "local_end", "invoice_link"]
     # "Close now (if due)" runs the billing cycle, which sits above invoicing: billing_cycle.admin
     # registers this page again with that action.
+
+    @admin.display(description="start (customer's zone)", ordering="start")
+    def local_start(self, period: BillingPeriod) -> str:
+        return customer_time(period.start, period.customer)
+
+    @admin.display(description="end (customer's zone)", ordering="end")
+    def local_end(self, period: BillingPeriod) -> str:
+        return customer_time(period.end, period.customer)
 
     @admin.display(description="invoice")
     def invoice_link(self, period: BillingPeriod) -> str:
@@ -517,6 +544,8 @@ class InvoiceAdmin(admin.ModelAdmin):
         "display_number",
         "customer",
         "period",
+        "period_start",
+        "period_end",
         "status",
         "currency",
         "total",
@@ -546,13 +575,13 @@ class InvoiceAdmin(admin.ModelAdmin):
     def display_number(self, invoice: Invoice) -> str:
         return invoice.number or f"DRAFT #{invoice.pk}"
 
-    @admin.display(description="period start", ordering="period__start")
-    def period_start(self, invoice: Invoice) -> Any:
-        return invoice.period.start
+    @admin.display(description="period start (customer's zone)", ordering="period__start")
+    def period_start(self, invoice: Invoice) -> str:
+        return customer_time(invoice.period.start, invoice.customer)
 
-    @admin.display(description="period end", ordering="period__end")
-    def period_end(self, invoice: Invoice) -> Any:
-        return invoice.period.end
+    @admin.display(description="period end (customer's zone)", ordering="period__end")
+    def period_end(self, invoice: Invoice) -> str:
+        return customer_time(invoice.period.end, invoice.customer)
 
     @admin.display(description="total", ordering="total_minor")
     def total(self, invoice: Invoice) -> str:

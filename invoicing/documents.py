@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.template.loader import render_to_string
 
 from invoicing.models import Invoice, InvoiceLine
 from invoicing.pricing import describe_line_price
+from metering import localtime
 from metering.currencies import format_minor
 from metering.units import format_quantity
 
@@ -46,16 +46,11 @@ class DocumentPeriod:
 
 
 def _local_period(start: datetime, end: datetime, tz_name: str) -> DocumentPeriod:
-    try:
-        zone = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone, tz_name = ZoneInfo("UTC"), "UTC"
-
-    def span(tz: ZoneInfo) -> str:
-        return f"{start.astimezone(tz):%Y-%m-%d %H:%M} to {end.astimezone(tz):%Y-%m-%d %H:%M}"
-
+    zone = localtime.zone_named(tz_name)
     return DocumentPeriod(
-        local=f"{span(zone)} ({tz_name})", utc=f"{span(ZoneInfo('UTC'))} UTC", timezone=tz_name
+        local=localtime.local_span(start, end, zone),
+        utc=localtime.local_span(start, end, localtime.zone_named("UTC")),
+        timezone=localtime.zone_label(zone),
     )
 
 

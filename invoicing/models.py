@@ -15,6 +15,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from metering.currencies import CURRENCY_CHOICES
+from metering.localtime import customer_span
 from metering.models import (
     QUANTITY,
     TOTAL_QUANTITY,
@@ -152,9 +153,8 @@ class BillingPeriod(models.Model):
         indexes = [models.Index(fields=["status", "end"], name="period_status_end")]
 
     def __str__(self) -> str:
-        return (
-            f"{self.customer.external_id} [{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M})"
-        )
+        # In the customer's zone, named (metering.localtime), as every page shows a period.
+        return f"{self.customer.external_id} {customer_span(self.start, self.end, self.customer)}"
 
 
 class Invoice(models.Model):

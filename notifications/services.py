@@ -26,6 +26,7 @@ from invoicing.models import Invoice
 from invoicing.pricing import describe_line_price
 from invoicing.services import invoices as invoice_services
 from metering.currencies import format_minor
+from metering.localtime import customer_span, customer_time
 from metering.models import Customer
 from metering.serializers import decimal_text
 from notifications.models import Notification, OperatorWebhook
@@ -168,21 +169,25 @@ def summary_context(invoice: Invoice) -> dict[str, Any]:
             }
         )
     base = settings.PORTAL_BASE_URL.rstrip("/")
+    # the review period runs from the summary (see invoices.mark_summary_sent)
+    charge_after = max(
+        invoice.finalize_after,
+        timezone.now() + timedelta(seconds=settings.BILLING_REVIEW_PERIOD),
+    )
     return {
         "customer_name": invoice.customer.name,
         "customer_id": invoice.customer.external_id,
         "period_start": invoice.period.start.isoformat(),
         "period_end": invoice.period.end.isoformat(),
         "timezone": invoice.customer.timezone,
+        # Worded in the customer's zone, named, as the portal shows them (metering.localtime).
+        "period_local": customer_span(invoice.period.start, invoice.period.end, invoice.customer),
         "currency": currency,
         "lines": lines,
         "total": format_minor(invoice.total_minor, currency),
         "total_minor": invoice.total_minor,
-        # the review period runs from the summary (see invoices.mark_summary_sent)
-        "charge_after": max(
-            invoice.finalize_after,
-            timezone.now() + timedelta(seconds=settings.BILLING_REVIEW_PERIOD),
-        ).isoformat(),
+        "charge_after": charge_after.isoformat(),
+        "charge_after_local": customer_time(charge_after, invoice.customer),
         "portal_url": f"{base}/portal/invoices/{invoice.pk}/",
     }
 
@@ -234,7 +239,7 @@ def queue_usage_summaries(
                 key=f"usage-summary:{invoice.pk}",
                 kind=N.Kind.USAGE_SUMMARY,
                 recipients=list(invoice.customer.emails),
-                subject=f"Your usage for {invoice.period.start:%Y-%m-%d %H:%M} UTC: "
+                subject=f"Your usage for {customer_time(invoice.period.start, invoice.customer)}: "
                 f"{format_minor(invoice.total_minor, invoice.currency)}",
                 context=summary_context(invoice),
                 customer=invoice.customer,

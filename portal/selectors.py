@@ -27,7 +27,7 @@ from invoicing import selectors as invoicing_selectors
 from invoicing.models import BillingPeriod, Invoice
 from invoicing.pricing import PricingRecord
 from invoicing.rating import rate
-from metering import aggregations
+from metering import aggregations, localtime
 from metering.models import Customer, Meter, UsageEvent, UsageRollup
 
 QUANTITY_STEP = Decimal("0.000001")  # quantities carry 6 decimal places
@@ -53,7 +53,7 @@ _EXACT = decimal.Context(prec=60, rounding=ROUND_HALF_UP)
 
 
 def customer_zone(customer: Customer) -> ZoneInfo:
-    return ZoneInfo(customer.timezone)
+    return localtime.customer_zone(customer)
 
 
 # --- Current period, rated -------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_close_periods_twice_with_no_worker_delivers_to_stripe(
         "closed 1 period(s), sent 1 usage summary(ies), finalized 0 invoice(s), delivered 0 "
         "invoice(s), reported 0 usage report(s); 1 waiting, 0 failure(s)",
         "done:",
-        f"  close        period acme [2026-11-02 10:00, 2026-11-02 11:00): closed into draft "
+        f"  close        period acme 2026-11-02 10:00 to 2026-11-02 11:00 (UTC): closed into draft "
         f"#{draft.pk} (total $29.15)",
         f"  summary      draft #{draft.pk} of acme: usage summary sent to billing@acme.example",
         "waiting:",
@@ -190,7 +190,7 @@ def test_with_no_review_period_one_run_does_it_all_and_the_second_nothing(
         "closed 1 period(s), sent 1 usage summary(ies), finalized 1 invoice(s), delivered 1 "
         "invoice(s), reported 0 usage report(s); 0 waiting, 0 failure(s)",
         "done:",
-        f"  close        period acme [2026-11-02 10:00, 2026-11-02 11:00): closed into draft "
+        f"  close        period acme 2026-11-02 10:00 to 2026-11-02 11:00 (UTC): closed into draft "
         f"#{invoice.pk} (total $29.15)",
         f"  summary      draft #{invoice.pk} of acme: usage summary sent to billing@acme.example",
         f"  finalize     draft #{invoice.pk} of acme: finalized as INV-2026-000001 (total $29.15)",
@@ -232,7 +232,7 @@ def test_what_waits_is_printed_with_its_reason(subscribed, record, no_worker, ma
         "  delivery     INV-2026-000001 of acme: kept here (the local backend: our records are "
         "the books)",
         "waiting:",
-        "  close        period acme [2026-11-02 11:00, 2026-11-02 12:00): ended "
+        "  close        period acme 2026-11-02 11:00 to 2026-11-02 12:00 (UTC): ended "
         "2026-11-02T12:00:00+00:00; closes after its grace period for late events, at "
         "2026-11-02T12:10:00+00:00",
     ]
@@ -256,7 +256,7 @@ def test_what_waits_is_printed_with_its_reason(subscribed, record, no_worker, ma
         "closed 1 period(s), sent 0 usage summary(ies), finalized 0 invoice(s), delivered 0 "
         "invoice(s), reported 0 usage report(s); 1 waiting, 1 failure(s)",
         "done:",
-        f"  close        period acme [2026-11-02 11:00, 2026-11-02 12:00): closed into draft "
+        f"  close        period acme 2026-11-02 11:00 to 2026-11-02 12:00 (UTC): closed into draft "
         f"#{draft.pk} (total $5.00)",
         "waiting:",
         f"  finalize     draft #{draft.pk} of acme: waits for its usage summary: queued at "

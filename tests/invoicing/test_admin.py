@@ -334,7 +334,7 @@ def test_document_page_shows_number_amounts_and_tiers(finance, closed_invoice, s
     assert "<title>Invoice INV-2026-000001 &middot; Acme Corp</title>" in html
     assert '<span class="status status-finalized">Finalized</span>' in html
     assert "2026-11-02 05:00 to 2026-11-02 06:00 (America/New_York)" in html
-    assert "2026-11-02 10:00 to 2026-11-02 11:00 UTC" in html
+    assert "2026-11-02 10:00 to 2026-11-02 11:00 (UTC)" in html
     assert "Customer ID: acme" in html
     assert "<div>ap@acme.example</div><div>cfo@acme.example</div>" in html
     for amount in ("$5.00", "$0.15", "$24.00"):

@@ -99,14 +99,15 @@ def test_summary_lines_and_total_equal_the_invoice(
         EXPECTED_TEXT_LINES
     )
     assert "\nTotal: $29.15\n" in message.body
-    assert f"It will be charged after {CHARGE_AFTER.isoformat()} (UTC)." in message.body
+    assert "Your itemized usage for 2026-11-02 10:00 to 2026-11-02 11:00 (UTC)." in message.body
+    assert f"It will be charged after {CHARGE_AFTER:%Y-%m-%d %H:%M} UTC." in message.body
     assert f"http://127.0.0.1:8000/portal/invoices/{draft.pk}/" in message.body
     # HTML: the same amounts
     assert [mimetype for _, mimetype in message.alternatives] == ["text/html"]
     html = message.alternatives[0][0]
     for amount in ("$5.00", "$0.15", "$24.00", "$29.15"):
         assert f">{amount}</td>" in html
-    assert CHARGE_AFTER.isoformat() in html
+    assert f"{CHARGE_AFTER:%Y-%m-%d %H:%M} UTC" in html
 
     # the summary's lines are the invoice's lines, one for one, and so is the total
     notification = Notification.objects.get()
@@ -265,3 +266,23 @@ def test_a_lost_send_is_queued_again_and_sent_once(
     assert notification.status == "sent" and len(mailoutbox) == 1
     tasks.send_notification(notification.pk)  # a second copy of the message: no second mail
     assert len(mailoutbox) == 1
+
+
+def test_summary_times_are_in_the_customer_zone_named(
+    draft, django_capture_on_commit_callbacks, mailoutbox
+):
+    """Like the portal: a Berlin customer reads its period in Berlin time, with the zone named
+    (the hour 10:00 UTC is 11:00 in Berlin in November)."""
+    customer = draft.customer
+    customer.timezone = "Europe/Berlin"
+    customer.save(update_fields=["timezone"])
+    _queue(django_capture_on_commit_callbacks)
+
+    message = mailoutbox[0]
+    assert message.subject == "Your usage for 2026-11-02 11:00 Europe/Berlin: $29.15"
+    period = "2026-11-02 11:00 to 2026-11-02 12:00 (Europe/Berlin)"
+    assert f"Your itemized usage for {period}." in message.body
+    charge_after = CHARGE_AFTER + H  # Berlin is UTC+1 in November
+    assert f"charged after {charge_after:%Y-%m-%d %H:%M} Europe/Berlin." in message.body
+    assert period in message.alternatives[0][0]
+    assert "(UTC)" not in message.body

@@ -99,7 +99,13 @@ def _flatten(detail: Any, field: str | None = None) -> list[ErrorItem]:
     if isinstance(detail, dict):
         out: list[ErrorItem] = []
         for key, value in detail.items():
+            if isinstance(key, int) and field is not None:  # an item of a list: "prices[1]"
+                out.extend(_flatten(value, f"{field}[{key}]"))
+                continue
             name = None if key == "non_field_errors" else str(key)
+            if name is None:
+                out.extend(_flatten(value, field))
+                continue
             out.extend(_flatten(value, name if field is None else f"{field}.{name}"))
         return out
     if isinstance(detail, list):

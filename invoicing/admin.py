@@ -239,8 +239,8 @@ class PricePlanAdmin(PlanVersionGuardMixin, admin.ModelAdmin):
             )
             return
         for plan in selected:
-            stored = plan.prices.select_related("meter").prefetch_related("tiers")
-            prices = [plans.PriceInput(meter=p.meter.code, spec=price_spec(p)) for p in stored]
+            stored = plan.prices.select_related("meter").prefetch_related("tiers", "rates__tiers")
+            prices = [plans.stored_price_input(p) for p in stored]
             try:
                 created = plans.create_plan_version(
                     code=plan.code,

@@ -65,12 +65,16 @@ class Price(models.Model):
 
     plan = models.ForeignKey(PricePlan, on_delete=models.CASCADE, related_name="prices")
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
-    model = models.CharField(max_length=16, choices=Model.choices)
+    # Empty for a rate card (a price with `dimensions`: its rules carry the models).
+    model = models.CharField(max_length=16, choices=Model.choices, blank=True)
     unit_amount_minor = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
     package_size = models.DecimalField(**QUANTITY, null=True, blank=True)
     package_amount_minor = models.BigIntegerField(null=True, blank=True)
     included_quantity = models.DecimalField(**QUANTITY, default=Decimal(0))
     minimum_minor = models.BigIntegerField(default=0)
+    # DESIGN 4a: the event properties this meter is priced by (1 to 3 names; empty: an
+    # ordinary price). Its rules are `rates`, in position order.
+    dimensions = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["plan", "meter__code"]
@@ -99,6 +103,57 @@ class PriceTier(models.Model):
         ordering = ["price", "position"]
         constraints = [
             models.UniqueConstraint(fields=["price", "position"], name="tier_position_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"tier {self.position} up to {self.up_to if self.up_to is not None else '∞'}"
+
+
+class PriceRate(models.Model):
+    """One rule of a rate card (DESIGN 4a): the values it matches and an ordinary price.
+
+    Rules apply in `position` order: the first whose every `match` entry equals the group's
+    value prices it; `{}` (the catch-all) may only be last.
+    """
+
+    price = models.ForeignKey(Price, on_delete=models.CASCADE, related_name="rates")
+    position = models.PositiveSmallIntegerField()
+    match = models.JSONField(default=dict, blank=True)  # dimension -> exact text value
+    model = models.CharField(max_length=16, choices=Price.Model.choices)
+    unit_amount_minor = models.DecimalField(**UNIT_PRICE, null=True, blank=True)
+    package_size = models.DecimalField(**QUANTITY, null=True, blank=True)
+    package_amount_minor = models.BigIntegerField(null=True, blank=True)
+    included_quantity = models.DecimalField(**QUANTITY, default=Decimal(0))
+    minimum_minor = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["price", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["price", "position"], name="rate_position_unique"),
+            models.CheckConstraint(condition=Q(minimum_minor__gte=0), name="rate_min_ge_0"),
+            models.CheckConstraint(
+                condition=Q(included_quantity__gte=0), name="rate_included_ge_0"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        match = ", ".join(f"{k}={v}" for k, v in self.match.items()) or "any other"
+        return f"rule {self.position} ({match}): {self.model}"
+
+
+class PriceRateTier(models.Model):
+    """A tier of a rate card rule with a graduated or volume model (like PriceTier)."""
+
+    rate = models.ForeignKey(PriceRate, on_delete=models.CASCADE, related_name="tiers")
+    position = models.PositiveSmallIntegerField()
+    up_to = models.DecimalField(**QUANTITY, null=True, blank=True)
+    unit_amount_minor = models.DecimalField(**UNIT_PRICE, default=Decimal(0))
+    flat_amount_minor = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["rate", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["rate", "position"], name="rate_tier_position_unique"),
         ]
 
     def __str__(self) -> str:
@@ -209,6 +264,9 @@ class InvoiceLine(models.Model):
         USAGE = "usage", "Usage"
         ADJUSTMENT = "adjustment", "Prior-period adjustment"
         CAP_CREDIT = "cap_credit", "Budget cap credit"
+        # DESIGN 4a: a group of a rate card that no rule matches (amount 0, until finance
+        # bills it, see UnpricedResolution, or waives it).
+        UNPRICED = "unpriced", "Unpriced usage"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     position = models.PositiveSmallIntegerField()
@@ -237,6 +295,50 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return self.description
+
+
+class UnpricedResolution(models.Model):
+    """Finance's decision on one unpriced line (DESIGN 4a): bill it or waive it, once.
+
+    `bill`: `amount_minor` is the line's quantity rated with the chosen rule (`rule_position`
+    of the line's price) and `pricing` its record; the customer's next close adds it as an
+    adjustment line (`billed_line`, set then). `waive`: nothing is billed; `reason` says why.
+    One resolution per line (unique), so a repeated action changes nothing.
+    """
+
+    class Action(models.TextChoices):
+        BILL = "bill", "Bill"
+        WAIVE = "waive", "Waive"
+
+    line = models.OneToOneField(InvoiceLine, on_delete=models.PROTECT, related_name="resolution")
+    action = models.CharField(max_length=8, choices=Action.choices)
+    reason = models.TextField(blank=True)
+    rule_position = models.PositiveSmallIntegerField(null=True, blank=True)
+    amount_minor = models.BigIntegerField(default=0)
+    pricing = models.JSONField(default=dict, blank=True)
+    billed_line = models.OneToOneField(
+        InvoiceLine,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="billed_resolution",
+    )
+    user = models.ForeignKey(
+        "auth.User", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(action="bill", rule_position__isnull=False)
+                | Q(action="waive", amount_minor=0) & ~Q(reason=""),
+                name="unpriced_resolution_shape",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} line {self.line_id}"
 
 
 class InvoiceNumberSequence(models.Model):

@@ -11,11 +11,19 @@ with `describe_price`, so they all say the same thing in the currency's terms.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from invoicing.models import InvoiceLine, Price, PricePlan
+from invoicing.models import (
+    InvoiceLine,
+    Price,
+    PricePlan,
+    PriceRate,
+    PriceRateTier,
+    PriceTier,
+)
+from invoicing.rate_cards import RateCard, Rule, match_rule
 from invoicing.rating import (
     GRADUATED,
     PACKAGE,
@@ -27,19 +35,24 @@ from invoicing.rating import (
     rate_line,
 )
 from metering.currencies import format_minor, format_unit_amount
+from metering.dimensions import Values, describe_values
 from metering.models import Meter
 from metering.units import format_quantity
 
+# How a plan prices one meter: an ordinary price, or a rate card (DESIGN 4a).
+MeterPrice = PriceSpec | RateCard
 
-def price_spec(price: Price) -> PriceSpec:
-    """The rating engine's view of a stored price (tiers in position order)."""
+
+def price_spec(price: Price | PriceRate) -> PriceSpec:
+    """The rating engine's view of a stored price or rate card rule (tiers in position order)."""
+    stored: list[PriceTier | PriceRateTier] = list(price.tiers.all())
     tiers = tuple(
         Tier(
             up_to=tier.up_to,
             unit_amount_minor=tier.unit_amount_minor,
             flat_amount_minor=tier.flat_amount_minor,
         )
-        for tier in sorted(price.tiers.all(), key=lambda t: t.position)
+        for tier in sorted(stored, key=lambda t: t.position)
     )
     return PriceSpec(
         model=price.model,
@@ -52,10 +65,66 @@ def price_spec(price: Price) -> PriceSpec:
     )
 
 
-def plan_price_specs(plan: PricePlan) -> dict[int, PriceSpec]:
-    """Meter id -> PriceSpec for every price of a plan version, in two queries."""
-    prices = plan.prices.prefetch_related("tiers")
-    return {price.meter_id: price_spec(price) for price in prices}
+def meter_price(price: Price) -> MeterPrice:
+    """A stored price as the rating sees it: its PriceSpec, or its rate card (rules in order)."""
+    if not price.dimensions:
+        return price_spec(price)
+    return RateCard(
+        dimensions=tuple(price.dimensions),
+        rules=tuple(
+            Rule(match=tuple(rate.match.items()), spec=price_spec(rate))
+            for rate in sorted(price.rates.all(), key=lambda r: r.position)
+        ),
+    )
+
+
+def plan_price_specs(plan: PricePlan) -> dict[int, MeterPrice]:
+    """Meter id -> its price (PriceSpec or RateCard) for every price of a plan version, in
+    four queries."""
+    prices = plan.prices.prefetch_related("tiers", "rates__tiers")
+    return {price.meter_id: meter_price(price) for price in prices}
+
+
+def price_dimensions(prices: Mapping[int, MeterPrice]) -> dict[int, tuple[str, ...]]:
+    """Meter id -> dimension names, for the rate cards among a plan's prices: what the
+    aggregation groups by (metering.aggregations.measure_groups)."""
+    return {pk: p.dimensions for pk, p in prices.items() if isinstance(p, RateCard)}
+
+
+@dataclass(frozen=True)
+class GroupPrice:
+    """How one group of a meter's usage is priced: the spec that rates it (None: nothing
+    does), and for a rate card the group's values and the rule that matched."""
+
+    spec: PriceSpec | None
+    dimensions: tuple[tuple[str, str | None], ...] = ()
+    rule: tuple[tuple[str, str], ...] | None = None
+    rule_index: int | None = None
+    unpriced: bool = False  # a rate card's group that no rule matches (DESIGN 4a)
+
+
+def group_price(price: MeterPrice | None, values: Values = ()) -> GroupPrice:
+    """The price of a group: an ordinary price prices its meter's one group (values ());
+    a rate card the group of `values` by its first matching rule (rate_cards.match_rule).
+    Every line drafted and every amount checked goes through here."""
+    if not isinstance(price, RateCard):
+        return GroupPrice(spec=price)
+    named = tuple(price.named(values).items()) if values else ()
+    if not values:
+        # Usage of a rate card's meter outside any group cannot happen (the aggregation
+        # groups every event of it); rate it as unpriced rather than at some rule.
+        return GroupPrice(spec=None, unpriced=True)
+    found = match_rule(price, values)
+    if found is None:
+        return GroupPrice(spec=None, dimensions=named, unpriced=True)
+    index, rule = found
+    return GroupPrice(spec=rule.spec, dimensions=named, rule=rule.match, rule_index=index)
+
+
+def rate_group(price: MeterPrice | None, values: Values, quantity: Decimal) -> int:
+    """A group's amount in minor units: its rule's rate_line (0: unpriced or no price)."""
+    found = group_price(price, values)
+    return rate_line(found.spec, quantity).amount_minor if found.spec is not None else 0
 
 
 # --- The record of how a line was priced (InvoiceLine.pricing) -------------------------------
@@ -258,46 +327,77 @@ class LineDraft:
     pricing: PricingRecord = field(default_factory=PricingRecord)
     aggregate_id: int | None = None
     source_period_id: int | None = None
+    resolution_id: int | None = None  # an unpriced line's "bill" (UnpricedResolution) it bills
+
+    @property
+    def dimensions(self) -> dict[str, str | None] | None:
+        """The group's values by dimension name; None for a line of an ordinary price."""
+        return dict(self.pricing.dimensions) if self.pricing.dimensions else None
 
 
-def usage_line(*, meter: Meter, spec: PriceSpec | None, quantity: Decimal) -> LineDraft:
-    """The line for a meter's usage over a period; an unpriced meter costs 0."""
-    rated = rate_line(spec, quantity) if spec is not None else None
+def _record(found: GroupPrice, rated: RatedLine | None) -> PricingRecord:
+    record = PricingRecord.from_rating(found.spec, rated)
+    if found.dimensions or found.rule is not None:
+        record = replace(record, dimensions=found.dimensions, rule=found.rule)
+    return record
+
+
+def group_description(meter: Meter, found: GroupPrice) -> str:
+    """A line's name: the meter's, and a group's values ("LLM tokens — model=large,
+    token_type=output"), so everything that prints a description names them."""
+    if not found.dimensions:
+        return meter.name
+    names = [name for name, _ in found.dimensions]
+    values = tuple(value for _, value in found.dimensions)
+    return f"{meter.name} — {describe_values(names, values)}"
+
+
+def usage_line(
+    *, meter: Meter, spec: MeterPrice | None, quantity: Decimal, values: Values = ()
+) -> LineDraft:
+    """The line for one group of a meter's usage over a period (an ordinary price: the
+    meter's one group); a meter without a price costs 0, a rate card's group that no rule
+    matches is an `unpriced` line of 0."""
+    found = group_price(spec, values)
+    rated = rate_line(found.spec, quantity) if found.spec is not None else None
     return LineDraft(
-        kind="usage",
+        kind=InvoiceLine.Kind.UNPRICED if found.unpriced else InvoiceLine.Kind.USAGE,
         meter=meter,
-        description=meter.name,
+        description=group_description(meter, found),
         quantity=quantity,
         amount_minor=rated.amount_minor if rated else 0,
-        pricing=PricingRecord.from_rating(spec, rated),
+        pricing=_record(found, rated),
     )
 
 
 def adjustment_line(
     *,
     meter: Meter,
-    spec: PriceSpec | None,
+    spec: MeterPrice | None,
     previous: Decimal,
     cumulative: Decimal,
     label: str,
+    values: Values = (),
 ) -> LineDraft:
     """Late usage of an earlier period, rated at the margin: rate(new total) - rate(old total).
 
     Rating the late quantity alone would grant the included units and the lower tiers a second
-    time; the difference of the two totals bills exactly what the period would have cost.
+    time; the difference of the two totals bills exactly what the period would have cost. A
+    rate card's group is rated at its own margin; a group no rule matches stays `unpriced`.
     """
-    if spec is None:
+    found = group_price(spec, values)
+    if found.spec is None:
         amount, rated = 0, None
     else:
-        rated = rate_line(spec, cumulative)
-        amount = rated.amount_minor - rate_line(spec, previous).amount_minor
+        rated = rate_line(found.spec, cumulative)
+        amount = rated.amount_minor - rate_line(found.spec, previous).amount_minor
     return LineDraft(
-        kind="adjustment",
+        kind=InvoiceLine.Kind.UNPRICED if found.unpriced else InvoiceLine.Kind.ADJUSTMENT,
         meter=meter,
-        description=f"{meter.name}: usage from {label} received late",
+        description=f"{group_description(meter, found)}: usage from {label} received late",
         quantity=cumulative - previous,
         amount_minor=amount,
-        pricing=PricingRecord.from_rating(spec, rated),
+        pricing=_record(found, rated),
     )
 
 

@@ -10,8 +10,7 @@ from decimal import Decimal
 from django.db.models import QuerySet
 
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine, PricePlan, Subscription
-from invoicing.pricing import LineDraft, plan_price_specs, usage_line
-from invoicing.rating import PriceSpec
+from invoicing.pricing import LineDraft, MeterPrice, plan_price_specs, price_dimensions, usage_line
 from invoicing.services.subscriptions import scheduled_period
 from metering import aggregation
 from metering.models import Customer, Meter, UsageEvent
@@ -23,7 +22,7 @@ class UsagePreview:
 
     period: BillingPeriod
     lines: list[LineDraft]
-    specs: dict[int, PriceSpec]  # meter id -> the plan's price, as the lines were rated
+    specs: dict[int, MeterPrice]  # meter id -> the plan's price, as the lines were rated
     meters: dict[int, Meter]  # every meter by id, as read for the lines
 
     @property
@@ -52,12 +51,12 @@ def plan_in_use(*, plan: PricePlan | None) -> bool:
 # creates a new version instead), so the prices of a period's plan can be kept in the process;
 # the expiry only bounds the damage should the database ever be changed by hand.
 PERIOD_PRICES_SECONDS = 300
-_period_prices: dict[int, tuple[float, dict[int, PriceSpec]]] = {}
+_period_prices: dict[int, tuple[float, dict[int, MeterPrice]]] = {}
 
 
-def period_price_specs(*, period: BillingPeriod) -> dict[int, PriceSpec]:
-    """Meter id -> PriceSpec of the plan version a period was opened with (no query when this
-    process read them in the last PERIOD_PRICES_SECONDS)."""
+def period_price_specs(*, period: BillingPeriod) -> dict[int, MeterPrice]:
+    """Meter id -> price (PriceSpec or RateCard) of the plan version a period was opened
+    with (no query when this process read them in the last PERIOD_PRICES_SECONDS)."""
     now = time.monotonic()
     cached = _period_prices.get(period.plan_id)
     if cached is not None and now - cached[0] < PERIOD_PRICES_SECONDS:
@@ -77,17 +76,25 @@ def preview_period_usage(*, period: BillingPeriod) -> UsagePreview:
     """
     meters = {m.pk: m for m in Meter.objects.all()}
     specs = period_price_specs(period=period)
-    usage = aggregation.window_quantities(
-        customer_id=period.customer_id, start=period.start, end=period.end, meters=meters
+    dimensions = price_dimensions(specs)
+    usage = aggregation.window_group_quantities(
+        customer_id=period.customer_id,
+        start=period.start,
+        end=period.end,
+        meters=meters,
+        dimensions=dimensions,
     )
-    meter_ids = sorted(set(specs) | set(usage), key=lambda pk: meters[pk].code)
+    groups = set(usage) | {(pk, ()) for pk in specs if pk not in dimensions}
     lines = [
         usage_line(
             meter=meters[pk],
             spec=specs.get(pk),
-            quantity=usage.get(pk, Decimal(0)),
+            quantity=usage.get((pk, values), Decimal(0)),
+            values=values,
         )
-        for pk in meter_ids
+        for pk, values in sorted(
+            groups, key=lambda g: (meters[g[0]].code, [(v is None, v or "") for v in g[1]])
+        )
     ]
     return UsagePreview(period=period, lines=lines, specs=specs, meters=meters)
 
@@ -103,9 +110,12 @@ def list_customer_invoices(*, customer: Customer) -> QuerySet[Invoice]:
 
 
 def line_for_event(*, event: UsageEvent) -> InvoiceLine | None:
-    """The invoice line that billed an event (one query), or None while it is unbilled."""
-    return (
-        InvoiceLine.objects.select_related("invoice")
+    """The invoice line that billed an event (one query), or None while it is unbilled.
+
+    The query finds the lines whose aggregate's window and id range hold the event (one per
+    group of a rate card's meter, a handful); the event's group picks its line among them."""
+    candidates = (
+        InvoiceLine.objects.select_related("invoice", "aggregate")
         .filter(
             aggregate__customer_id=event.customer_id,
             aggregate__meter_id=event.meter_id,
@@ -114,8 +124,13 @@ def line_for_event(*, event: UsageEvent) -> InvoiceLine | None:
             aggregate__event_pk_after__lt=event.pk,
             aggregate__event_pk_through__gte=event.pk,
         )
-        .first()
+        .order_by("pk")
     )
+    for line in candidates:
+        assert line.aggregate is not None  # the filter goes through it
+        if aggregation.in_group(event, line.aggregate.dimensions):
+            return line
+    return None
 
 
 def events_for_line(*, line: InvoiceLine) -> QuerySet[UsageEvent]:

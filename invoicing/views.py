@@ -96,10 +96,7 @@ class PlansView(APIView):
             name=data["name"],
             currency=data["currency"],
             interval=data["interval"],
-            prices=[
-                plans.PriceInput(meter=item["meter"], spec=plans.spec_from_json(item))
-                for item in data["prices"]
-            ],
+            prices=[plans.price_from_json(item) for item in data["prices"]],
         )
         return Response(PlanOutput(plan).data, status=status.HTTP_201_CREATED)
 

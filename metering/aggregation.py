@@ -16,7 +16,7 @@ defined in metering/aggregations.py; the functions here apply it to windows and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +25,7 @@ from django.db import connection
 from django.db.models import Max, Min, QuerySet
 
 from metering import aggregations
+from metering.dimensions import Values, dimension_key, values_of
 from metering.models import Meter, UsageAggregate, UsageEvent, UsageRollup
 
 _LOCK_NAMESPACE = 0x4D45  # "ME": keeps our advisory locks apart from anyone else's
@@ -103,6 +104,9 @@ def _events(
     return events
 
 
+Dimensions = Mapping[int, Sequence[str]]  # meter id -> its price's dimension names (DESIGN 4a)
+
+
 def summarize_window(
     *,
     customer_id: int,
@@ -114,14 +118,38 @@ def summarize_window(
 ) -> dict[int, WindowUsage]:
     """Aggregate each meter's events in [start, end) with SQL (never a loop over events):
     the quantity over events with id <= through, the new ones those with id > after."""
+    groups = summarize_window_groups(
+        customer_id=customer_id, start=start, end=end, meters=meters, after=after, through=through
+    )
+    return {meter_id: usage for (meter_id, _), usage in groups.items()}
+
+
+def summarize_window_groups(
+    *,
+    customer_id: int,
+    start: datetime,
+    end: datetime,
+    meters: dict[int, Meter] | None = None,
+    dimensions: Dimensions | None = None,
+    after: int = 0,
+    through: int | None = None,
+) -> dict[tuple[int, Values], WindowUsage]:
+    """`summarize_window` per group: keyed (meter id, values), the meters of `dimensions`
+    per distinct combination of their dimensions' values, the others with values ()."""
+    dimensions = dimensions or {}
     events = _events(customer_id, start, end, through=through)
-    meters = meters if meters is not None else {m.pk: m for m in Meter.objects.all()}
-    totals = aggregations.measure_events(events, aggregations=aggregations.of_meters(meters))
-    new = aggregations.summarize_events(events.filter(pk__gt=after))
-    result: dict[int, WindowUsage] = {}
-    for (meter_id,), usage in totals.items():
-        fresh = new.get((meter_id,))
-        result[meter_id] = WindowUsage(
+    if meters is None:
+        meters = {m.pk: m for m in Meter.objects.all()}
+    else:
+        events = events.filter(meter_id__in=sorted(meters))
+    totals = aggregations.measure_groups(
+        events, aggregations=aggregations.of_meters(meters), dimensions=dimensions
+    )
+    new = aggregations.summarize_groups(events.filter(pk__gt=after), dimensions=dimensions)
+    result: dict[tuple[int, Values], WindowUsage] = {}
+    for ((meter_id,), values), usage in totals.items():
+        fresh = new.get(((meter_id,), values))
+        result[(meter_id, values)] = WindowUsage(
             meter_id=meter_id,
             quantity=usage.quantity,
             new_count=fresh.count if fresh else 0,
@@ -141,40 +169,52 @@ def bill_usage_window(
     after: int,
     through: int,
     always_meter_ids: Iterable[int] = (),
+    dimensions: Dimensions | None = None,
 ) -> list[UsageAggregate]:
-    """Write one aggregate per meter with events in the window and id in (after, through].
+    """Write one aggregate per group (a meter, or a meter of `dimensions` and one
+    combination of its dimensions' values) with events in the window and id in
+    (after, through].
 
     Call inside a transaction holding `lock_customer_usage(..., exclusive=True)`, with
     `through` read by `usage_watermark()` under that lock. Meters in `always_meter_ids` get an
-    aggregate even without events. The window's previous aggregates give the quantity
-    already billed, so `quantity` is the increase and `cumulative_quantity` the new total.
+    aggregate even without events. The group's previous aggregates in the window give the
+    quantity already billed, so `quantity` is the increase and `cumulative_quantity` the new
+    total: a late event is rated at its own group's margin.
     """
+    dimensions = dimensions or {}
     meters = {m.pk: m for m in Meter.objects.all()}
-    usage = summarize_window(
+    usage = summarize_window_groups(
         customer_id=customer_id,
         start=window_start,
         end=window_end,
         meters=meters,
+        dimensions=dimensions,
         after=after,
         through=through,
     )
     billed_before = _billed_cumulative(customer_id, window_start)
-    wanted = {meter_id for meter_id, u in usage.items() if u.new_count} | set(always_meter_ids)
+    wanted = {key for key, u in usage.items() if u.new_count}
+    wanted |= {(meter_id, ()) for meter_id in always_meter_ids if meter_id not in dimensions}
     aggregates: list[UsageAggregate] = []
-    for meter_id in sorted(wanted):
-        current = usage.get(meter_id)
+    for meter_id, values in sorted(wanted, key=lambda k: (k[0], [v or "" for v in k[1]])):
+        current = usage.get((meter_id, values))
         cumulative = current.quantity if current else Decimal(0)
+        key = dimension_key(values)
         aggregates.append(
             UsageAggregate.objects.create(
                 customer_id=customer_id,
                 meter_id=meter_id,
+                dimensions=(
+                    dict(zip(dimensions[meter_id], values, strict=True)) if values else None
+                ),
+                dimension_key=key,
                 kind=kind,
                 window_start=window_start,
                 window_end=window_end,
                 billed_through=billed_through,
                 event_pk_after=after,
                 event_pk_through=through,
-                quantity=cumulative - billed_before.get(meter_id, Decimal(0)),
+                quantity=cumulative - billed_before.get((meter_id, key), Decimal(0)),
                 cumulative_quantity=cumulative,
                 event_count=current.new_count if current else 0,
                 first_event_at=current.new_first if current else None,
@@ -184,16 +224,17 @@ def bill_usage_window(
     return aggregates
 
 
-def _billed_cumulative(customer_id: int, window_start: datetime) -> dict[int, Decimal]:
-    """The cumulative quantity last billed per meter for a window (latest close wins)."""
+def _billed_cumulative(customer_id: int, window_start: datetime) -> dict[tuple[int, str], Decimal]:
+    """The cumulative quantity last billed per group (meter, dimension key) for a window
+    (latest close wins)."""
     rows = (
         UsageAggregate.objects.filter(customer_id=customer_id, window_start=window_start)
-        .order_by("meter_id", "-billed_through")
-        .values_list("meter_id", "cumulative_quantity")
+        .order_by("meter_id", "dimension_key", "-billed_through")
+        .values_list("meter_id", "dimension_key", "cumulative_quantity")
     )
-    billed: dict[int, Decimal] = {}
-    for meter_id, cumulative in rows:
-        billed.setdefault(meter_id, cumulative)
+    billed: dict[tuple[int, str], Decimal] = {}
+    for meter_id, key, cumulative in rows:
+        billed.setdefault((meter_id, key), cumulative)
     return billed
 
 
@@ -210,27 +251,51 @@ def earliest_unbilled_before(
     )
 
 
-def aggregates_covering(event: UsageEvent) -> QuerySet[UsageAggregate]:
-    """The aggregates whose window and id range hold an event (exactly one once it is billed)."""
-    return UsageAggregate.objects.filter(
+def aggregates_covering(event: UsageEvent) -> list[UsageAggregate]:
+    """The aggregates whose window, id range and group hold an event (exactly one once it
+    is billed): one query for the window and id range, the group picked from its rows."""
+    candidates = UsageAggregate.objects.filter(
         customer_id=event.customer_id,
         meter_id=event.meter_id,
         window_start__lte=event.timestamp,
         window_end__gt=event.timestamp,
         event_pk_after__lt=event.pk,
         event_pk_through__gte=event.pk,
-    )
+    ).order_by("pk")
+    return [agg for agg in candidates if in_group(event, agg.dimensions)]
+
+
+def in_group(event: UsageEvent, dimensions: Mapping[str, str | None] | None) -> bool:
+    """Whether an event belongs to an aggregate's group (any event, for no dimensions)."""
+    if not dimensions:
+        return True
+    values = values_of(event.properties or {}, list(dimensions))
+    return values == tuple(dimensions.values())
 
 
 def events_of_aggregate(aggregate: UsageAggregate) -> QuerySet[UsageEvent]:
-    """The events an aggregate billed (one indexed query)."""
-    return _events(
+    """The events an aggregate billed (one indexed query; a group's values filter it)."""
+    events = _events(
         aggregate.customer_id,
         aggregate.window_start,
         aggregate.window_end,
         after=aggregate.event_pk_after,
         through=aggregate.event_pk_through,
     ).filter(meter_id=aggregate.meter_id)
+    return in_group_filter(events, aggregate.dimensions)
+
+
+def in_group_filter(
+    events: QuerySet[UsageEvent], dimensions: Mapping[str, str | None] | None
+) -> QuerySet[UsageEvent]:
+    """Events of one group of dimension values (all of them, for no dimensions)."""
+    if not dimensions:
+        return events
+    columns = aggregations.dimension_columns(list(dimensions))
+    events = events.annotate(**columns)
+    for column, value in zip(columns, dimensions.values(), strict=True):
+        events = events.filter(**{f"{column}__isnull": True} if value is None else {column: value})
+    return events
 
 
 def _ceil_hour(instant: datetime) -> datetime:
@@ -257,16 +322,17 @@ def window_quantities(
             for m, u in summarize_window(
                 customer_id=customer_id, start=start, end=end, meters=meters
             ).items()
+            if m in meters
         }
     kinds = aggregations.of_meters(meters)
     latest_of = [pk for pk, kind in kinds.items() if kind.uses_latest]
     rollups = UsageRollup.objects.filter(
         customer_id=customer_id, hour__gte=inner_start, hour__lt=inner_end
-    )
+    ).filter(meter_id__in=sorted(meters))
     parts = [aggregations.summarize_rollups(rollups, latest_of=latest_of)]
     for edge_start, edge_end in ((start, inner_start), (inner_end, end)):
         if edge_start < edge_end:
-            edge = _events(customer_id, edge_start, edge_end)
+            edge = _events(customer_id, edge_start, edge_end).filter(meter_id__in=sorted(meters))
             parts.append(aggregations.summarize_events(edge, latest_of=latest_of))
     partials = aggregations.merge_partials(*parts)
     present = {meter_id for (meter_id,) in partials}
@@ -278,6 +344,36 @@ def window_quantities(
     return {meter_id: quantity for (meter_id,), quantity in quantities.items()}
 
 
+def window_group_quantities(
+    *,
+    customer_id: int,
+    start: datetime,
+    end: datetime,
+    meters: dict[int, Meter],
+    dimensions: Dimensions,
+) -> dict[tuple[int, Values], Decimal]:
+    """Each group's quantity in [start, end): meters without dimensions from the rollups
+    (`window_quantities`, values ()), the meters of `dimensions` per group of their values,
+    counted over the window's events (rollups do not carry dimension values yet)."""
+    plain = {pk: m for pk, m in meters.items() if pk not in dimensions}
+    result: dict[tuple[int, Values], Decimal] = {
+        (meter_id, ()): quantity
+        for meter_id, quantity in window_quantities(
+            customer_id=customer_id, start=start, end=end, meters=plain
+        ).items()
+        if meter_id in plain
+    }
+    if dimensions:
+        grouped = {pk: m for pk, m in meters.items() if pk in dimensions}
+        events = _events(customer_id, start, end).filter(meter_id__in=sorted(grouped))
+        usage = aggregations.measure_groups(
+            events, aggregations=aggregations.of_meters(grouped), dimensions=dimensions
+        )
+        for ((meter_id,), values), found in usage.items():
+            result[(meter_id, values)] = found.quantity
+    return result
+
+
 def summarize_customers(
     *,
     customer_ids: list[int],
@@ -285,25 +381,30 @@ def summarize_customers(
     end: datetime,
     meters: dict[int, Meter],
     through: int,
-) -> dict[tuple[int, int], WindowUsage]:
-    """The usage of many customers over one never-billed window, keyed by (customer, meter),
-    in a constant number of queries whatever the number of customers or events: the batch
-    close's aggregation, over the events with id <= through."""
+    dimensions: Dimensions | None = None,
+) -> dict[tuple[int, int, Values], WindowUsage]:
+    """The usage of many customers over one never-billed window, keyed by (customer, meter,
+    values) (values () for meters without dimensions), in a constant number of queries
+    whatever the number of customers or events: the batch close's aggregation, over the
+    events with id <= through."""
     events = UsageEvent.objects.filter(
         customer_id__in=customer_ids, timestamp__gte=start, timestamp__lt=end, pk__lte=through
     )
-    usage = aggregations.measure_events(
-        events, aggregations=aggregations.of_meters(meters), group_by=("customer_id",)
+    usage = aggregations.measure_groups(
+        events,
+        aggregations=aggregations.of_meters(meters),
+        dimensions=dimensions or {},
+        group_by=("customer_id",),
     )
     return {
-        (customer_id, meter_id): WindowUsage(
+        (customer_id, meter_id, values): WindowUsage(
             meter_id=meter_id,
             quantity=found.quantity,
             new_count=found.count,
             new_first=found.first_at,
             new_last=found.last_at,
         )
-        for (customer_id, meter_id), found in usage.items()
+        for ((customer_id, meter_id), values), found in usage.items()
     }
 
 

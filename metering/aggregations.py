@@ -44,9 +44,12 @@ from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from django.db.models import CharField, Count, F, Max, Min, QuerySet, Sum, Window
-from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, RowNumber
+from django.db.models import Count, F, Max, Min, QuerySet, Sum, Window
+from django.db.models.fields.json import (  # type: ignore[attr-defined]  # not in the stubs
+    KeyTextTransform,
+    compile_json_path,
+)
+from django.db.models.functions import RowNumber
 
 from billing_project.db import DecimalMax, DecimalSum, decimal_add_sql, decimal_greatest_sql
 
@@ -202,10 +205,98 @@ def of_meters(meters: Mapping[int, Meter]) -> dict[int, Aggregation]:
 # --- Queries ---------------------------------------------------------------------------------
 
 
-def property_text(prop: str) -> Cast:
-    """A property's value as text (NULL when absent or JSON null). The cast keeps it text on
-    SQLite too, where a bare key transform yields JSON numbers as numbers."""
-    return Cast(KeyTextTransform(prop, "properties"), output_field=CharField())
+class _PropertyText(KeyTextTransform):
+    """`properties ->> 'prop'`: on PostgreSQL the operator itself (JSON null is NULL,
+    true is 'true', 5 is '5'); on SQLite the same text spelled out, since its `->>` gives
+    SQL values (true as 1) and Django's key transform gives JSON null as 'null'."""
+
+    def as_sqlite(
+        self, compiler: Any, connection: Any, **extra_context: Any
+    ) -> tuple[str, tuple[Any, ...]]:
+        lhs, params, key_transforms = self.preprocess_lhs(compiler, connection)
+        path = compile_json_path(key_transforms)
+        sql = (
+            f"(CASE JSON_TYPE({lhs}, %s) WHEN 'null' THEN NULL WHEN 'true' THEN 'true' "
+            f"WHEN 'false' THEN 'false' ELSE CAST(JSON_EXTRACT({lhs}, %s) AS TEXT) END)"
+        )
+        return sql, (*params, path, *params, path)
+
+
+def property_text(prop: str) -> KeyTextTransform:
+    """A property's value as text, the same on both engines (NULL when absent or JSON null;
+    `true` as 'true', numbers as written): the text that unique_count counts, the portal's
+    breakdown shows and rate cards compare (metering.dimensions.value_text in Python)."""
+    return _PropertyText(prop, "properties")
+
+
+# --- Groups of a rate card's dimensions (DESIGN 4a) -----------------------------------------
+
+
+def dimension_columns(names: Sequence[str]) -> dict[str, KeyTextTransform]:
+    """The annotations that group events by dimensions `names`: dim_0, dim_1, ..."""
+    return {f"dim_{index}": property_text(name) for index, name in enumerate(names)}
+
+
+def split_by_dimensions(
+    events: QuerySet[Any], *, dimensions: Mapping[int, Sequence[str]], group_by: Sequence[str] = ()
+) -> list[tuple[QuerySet[Any], list[str], int]]:
+    """The events to group for usage per group: (queryset, group_by, number of dimension
+    columns). Meters without dimensions come first, grouped by `group_by` as ever; then, per
+    distinct list of dimension names, those meters' events annotated with their values and
+    grouped by `group_by` and the values. `group_key` turns a key back."""
+    parts: list[tuple[QuerySet[Any], list[str], int]] = []
+    plain = events.exclude(meter_id__in=sorted(dimensions)) if dimensions else events
+    parts.append((plain, list(group_by), 0))
+    by_names: dict[tuple[str, ...], list[int]] = {}
+    for meter_id, names in sorted(dimensions.items()):
+        by_names.setdefault(tuple(names), []).append(meter_id)
+    for names, meter_ids in by_names.items():
+        columns = dimension_columns(names)
+        grouped = events.filter(meter_id__in=meter_ids).annotate(**columns)
+        parts.append((grouped, [*group_by, *columns], len(names)))
+    return parts
+
+
+GroupKey = tuple[Key, tuple[str | None, ...]]  # ((*group_by, meter_id), dimension values)
+
+
+def group_key(key: Key, width: int) -> GroupKey:
+    """A key of a split query, (*group_by, *values, meter_id), as ((*group_by, meter_id),
+    values); values are () for a meter without dimensions."""
+    if not width:
+        return key, ()
+    head = len(key) - 1 - width
+    return (*key[:head], key[-1]), tuple(key[head:-1])
+
+
+def measure_groups(
+    events: QuerySet[Any],
+    *,
+    aggregations: Mapping[int, Aggregation],
+    dimensions: Mapping[int, Sequence[str]],
+    group_by: Sequence[str] = (),
+) -> dict[GroupKey, Usage]:
+    """`measure_events` with the meters of `dimensions` further grouped per distinct
+    combination of their dimensions' values (absent: None): one result per group."""
+    found: dict[GroupKey, Usage] = {}
+    for part, keys, width in split_by_dimensions(events, dimensions=dimensions, group_by=group_by):
+        for key, usage in measure_events(part, aggregations=aggregations, group_by=keys).items():
+            found[group_key(key, width)] = usage
+    return found
+
+
+def summarize_groups(
+    events: QuerySet[Any],
+    *,
+    dimensions: Mapping[int, Sequence[str]],
+    group_by: Sequence[str] = (),
+) -> dict[GroupKey, Partial]:
+    """`summarize_events` per group, keyed like `measure_groups`."""
+    found: dict[GroupKey, Partial] = {}
+    for part, keys, width in split_by_dimensions(events, dimensions=dimensions, group_by=group_by):
+        for key, partial in summarize_events(part, group_by=keys).items():
+            found[group_key(key, width)] = partial
+    return found
 
 
 def summarize_events(

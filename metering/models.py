@@ -235,12 +235,17 @@ class UsageAggregate(models.Model):
     event_count = models.BigIntegerField()
     first_event_at = models.DateTimeField(null=True, blank=True)
     last_event_at = models.DateTimeField(null=True, blank=True)
+    # A rate card's group (DESIGN 4a): the price's dimension names -> the group's values
+    # (text, None for absent); None for a meter priced without dimensions. `dimension_key`
+    # names the group in the unique constraint (metering.aggregations.dimension_key).
+    dimensions = models.JSONField(null=True, blank=True)
+    dimension_key = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["customer", "meter", "window_start", "billed_through"],
+                fields=["customer", "meter", "dimension_key", "window_start", "billed_through"],
                 name="aggregate_one_per_close",
             ),
         ]

@@ -25,8 +25,7 @@ from django.db.models.functions import TruncDate
 
 from invoicing import selectors as invoicing_selectors
 from invoicing.models import BillingPeriod, Invoice
-from invoicing.pricing import PricingRecord
-from invoicing.rating import rate
+from invoicing.pricing import PricingRecord, rate_group
 from metering import aggregations, localtime
 from metering.models import Customer, Meter, UsageEvent, UsageRollup
 
@@ -133,7 +132,9 @@ def current_usage(*, customer: Customer, now: datetime) -> CurrentUsage | None:
                 quantity=line.quantity,
                 amount_minor=line.amount_minor,
                 projected_quantity=projected,
-                projected_amount_minor=rate(spec, projected) if spec is not None else 0,
+                projected_amount_minor=rate_group(
+                    spec, tuple(value for _, value in line.pricing.dimensions), projected
+                ),
                 pricing=line.pricing,
             )
         )

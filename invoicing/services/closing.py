@@ -32,17 +32,19 @@ from audit import services as audit
 from audit.models import AuditEntry
 from invoicing import hooks
 from invoicing.bulk import insert_rows
-from invoicing.models import BillingPeriod, Invoice, InvoiceLine, PricePlan
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine, PricePlan, UnpricedResolution
 from invoicing.pricing import (
     LineDraft,
+    MeterPrice,
     PricingRecord,
     adjustment_line,
     plan_price_specs,
+    price_dimensions,
     usage_line,
 )
-from invoicing.rating import PriceSpec
 from invoicing.services import subscriptions
 from metering import aggregation
+from metering.dimensions import describe_values, dimension_key
 from metering.models import Meter, UsageAggregate, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -76,12 +78,16 @@ class _Run:
     """What one close run reads once: meters and the price specs of each plan version."""
 
     meters: dict[int, Meter]
-    specs: dict[int, dict[int, PriceSpec]] = field(default_factory=dict)
+    specs: dict[int, dict[int, MeterPrice]] = field(default_factory=dict)
 
-    def specs_for(self, plan: PricePlan) -> dict[int, PriceSpec]:
+    def specs_for(self, plan: PricePlan) -> dict[int, MeterPrice]:
         if plan.pk not in self.specs:
             self.specs[plan.pk] = plan_price_specs(plan)
         return self.specs[plan.pk]
+
+    def dimensions_for(self, plan: PricePlan) -> dict[int, tuple[str, ...]]:
+        """Meter id -> dimension names of the plan's rate cards (what usage groups by)."""
+        return price_dimensions(self.specs_for(plan))
 
 
 def close_due_periods(*, now: datetime, batch_size: int = BATCH_SIZE) -> CloseReport:
@@ -184,8 +190,10 @@ def _close_batch(period_ids: list[int], *, now: datetime, run: _Run) -> dict[int
             windows[(period.start, period.end)].append(period)
         for (start, end), group in windows.items():
             _bill_window(start, end, group, run, through, lines_by_period, event_counts)
+        billed_unpriced = _billed_unpriced_lines(customer_ids)
         for period in periods:
             lines = lines_by_period[period.pk]
+            lines.extend(billed_unpriced.get(period.customer_id, []))
             lines.extend(_cap_credit_for_new_period(period, lines, caps.get(period.pk)))
             if period.customer_id in late:
                 late_lines = _bill_late_usage(
@@ -210,27 +218,55 @@ def _bill_window(
     event_counts: dict[int, int],
 ) -> None:
     """Aggregate the events of periods sharing a window (never billed before, so all of
-    their events up to the watermark) and write one aggregate per customer and meter."""
-    customer_ids = [p.customer_id for p in periods]
-    usage = aggregation.summarize_customers(
-        customer_ids=customer_ids, start=start, end=end, meters=run.meters, through=through
+    their events up to the watermark) and write one aggregate per customer and group: a
+    meter, or for a rate card's meter each combination of its dimensions' values."""
+    # Periods whose plans group usage alike are aggregated together (one set of queries).
+    by_dimensions: dict[tuple[tuple[int, tuple[str, ...]], ...], list[BillingPeriod]] = defaultdict(
+        list
     )
-    used: dict[int, set[int]] = defaultdict(set)
-    for customer_id, meter_id in usage:
-        used[customer_id].add(meter_id)
-    # One aggregate per customer and meter with usage or a price, meters in code order.
-    rows: list[tuple[BillingPeriod, int, aggregation.WindowUsage | None]] = []
+    for period in periods:
+        by_dimensions[tuple(sorted(run.dimensions_for(period.plan).items()))].append(period)
+    usage: dict[tuple[int, int, tuple[str | None, ...]], aggregation.WindowUsage] = {}
+    for signature, group in by_dimensions.items():
+        usage.update(
+            aggregation.summarize_customers(
+                customer_ids=[p.customer_id for p in group],
+                start=start,
+                end=end,
+                meters=run.meters,
+                through=through,
+                dimensions=dict(signature),
+            )
+        )
+    used: dict[int, set[tuple[int, tuple[str | None, ...]]]] = defaultdict(set)
+    for customer_id, meter_id, values in usage:
+        used[customer_id].add((meter_id, values))
+    # One aggregate per customer and group with usage or an ordinary price, in meter code
+    # and then value order.
+    Row = tuple[BillingPeriod, int, tuple[str | None, ...], aggregation.WindowUsage | None]
+    rows: list[Row] = []
     for period in periods:
         specs = run.specs_for(period.plan)
-        meter_ids = used[period.customer_id] | set(specs)
-        for meter_id in sorted(meter_ids, key=lambda pk: run.meters[pk].code):
-            rows.append((period, meter_id, usage.get((period.customer_id, meter_id))))
-    quantities = [found.quantity if found else Decimal(0) for _, _, found in rows]
+        dimensions = run.dimensions_for(period.plan)
+        groups = used[period.customer_id] | {(pk, ()) for pk in specs if pk not in dimensions}
+        for meter_id, values in sorted(
+            groups, key=lambda g: (run.meters[g[0]].code, [(v is None, v or "") for v in g[1]])
+        ):
+            found = usage.get((period.customer_id, meter_id, values))
+            rows.append((period, meter_id, values, found))
+    quantities = [found.quantity if found else Decimal(0) for *_, found in rows]
     aggregate_ids = insert_rows(
         UsageAggregate,
         {
-            "customer_id": [period.customer_id for period, _, _ in rows],
-            "meter_id": [meter_id for _, meter_id, _ in rows],
+            "customer_id": [period.customer_id for period, *_ in rows],
+            "meter_id": [meter_id for _, meter_id, *_ in rows],
+            "dimensions": [
+                dict(zip(run.dimensions_for(period.plan)[meter_id], values, strict=True))
+                if values
+                else None
+                for period, meter_id, values, _ in rows
+            ],
+            "dimension_key": [dimension_key(values) for _, _, values, _ in rows],
             "kind": [UsageAggregate.Kind.USAGE.value] * len(rows),
             "window_start": [start] * len(rows),
             "window_end": [end] * len(rows),
@@ -239,22 +275,23 @@ def _bill_window(
             "event_pk_through": [through] * len(rows),
             "quantity": quantities,
             "cumulative_quantity": quantities,
-            "event_count": [found.new_count if found else 0 for _, _, found in rows],
-            "first_event_at": [found.new_first if found else None for _, _, found in rows],
-            "last_event_at": [found.new_last if found else None for _, _, found in rows],
+            "event_count": [found.new_count if found else 0 for *_, found in rows],
+            "first_event_at": [found.new_first if found else None for *_, found in rows],
+            "last_event_at": [found.new_last if found else None for *_, found in rows],
         },
-        match_on=("customer_id", "meter_id"),
+        match_on=("customer_id", "meter_id", "dimension_key"),
     )
     for period in periods:
         lines_by_period[period.pk] = []
         event_counts[period.pk] = 0
-    for (period, meter_id, found), quantity, aggregate_id in zip(
+    for (period, meter_id, values, found), quantity, aggregate_id in zip(
         rows, quantities, aggregate_ids, strict=True
     ):
         line = usage_line(
             meter=run.meters[meter_id],
             spec=run.specs_for(period.plan).get(meter_id),
             quantity=quantity,
+            values=values,
         )
         line.aggregate_id = aggregate_id
         lines_by_period[period.pk].append(line)
@@ -379,6 +416,7 @@ def _bill_late_usage(
             kind=UsageAggregate.Kind.ADJUSTMENT,
             after=after,
             through=through,
+            dimensions=run.dimensions_for(plan),
         ):
             line = adjustment_line(
                 meter=run.meters[aggregate.meter_id],
@@ -386,6 +424,7 @@ def _bill_late_usage(
                 previous=aggregate.cumulative_quantity - aggregate.quantity,
                 cumulative=aggregate.cumulative_quantity,
                 label=label,
+                values=tuple((aggregate.dimensions or {}).values()),
             )
             line.aggregate_id = aggregate.pk
             line.source_period_id = source.pk if source is not None else None
@@ -394,6 +433,44 @@ def _bill_late_usage(
         if source is not None:
             lines.extend(_cap_credit_for_late_usage(source, window_lines, label=label))
     return lines
+
+
+def _billed_unpriced_lines(customer_ids: list[int]) -> dict[int, list[LineDraft]]:
+    """Adjustment lines for the unpriced usage finance chose to bill (UnpricedResolution
+    `bill`) that no invoice carries yet, by customer: this close's invoice is their next."""
+    pending = (
+        UnpricedResolution.objects.filter(
+            action=UnpricedResolution.Action.BILL,
+            billed_line__isnull=True,
+            line__invoice__customer_id__in=customer_ids,
+        )
+        .select_related("line__meter", "line__invoice__period")
+        .order_by("pk")
+    )
+    found: dict[int, list[LineDraft]] = defaultdict(list)
+    for resolution in pending:
+        line = resolution.line
+        record = PricingRecord.from_json(resolution.pricing)
+        values = describe_values(
+            [name for name, _ in record.dimensions], tuple(v for _, v in record.dimensions)
+        )
+        period = line.invoice.period
+        found[line.invoice.customer_id].append(
+            LineDraft(
+                kind=InvoiceLine.Kind.ADJUSTMENT,
+                meter=line.meter,
+                description=(
+                    f"{line.meter.name if line.meter else 'Usage'} — {values}: unpriced usage "
+                    f"of {period.start:%Y-%m-%d %H:%M} to {period.end:%Y-%m-%d %H:%M} UTC, billed"
+                ),
+                quantity=line.quantity,
+                amount_minor=resolution.amount_minor,
+                pricing=record,
+                source_period_id=line.source_period_id or period.pk,
+                resolution_id=resolution.pk,
+            )
+        )
+    return found
 
 
 def _write_invoices(
@@ -420,7 +497,7 @@ def _write_invoices(
         for period in periods
         for position, line in enumerate(lines_by_period[period.pk], start=1)
     ]
-    insert_rows(
+    line_ids = insert_rows(
         InvoiceLine,
         {
             "invoice_id": [invoice_id for invoice_id, _, _ in lines],
@@ -435,6 +512,9 @@ def _write_invoices(
             "pricing": [line.pricing.to_json() for _, _, line in lines],
         },
     )
+    for (_, _, line), line_id in zip(lines, line_ids, strict=True):
+        if line.resolution_id is not None:  # billed unpriced usage: now on an invoice
+            UnpricedResolution.objects.filter(pk=line.resolution_id).update(billed_line_id=line_id)
     return by_period
 
 

@@ -18,7 +18,9 @@ from django.db import transaction
 from audit.services import record_audit
 from billing_project.errors import DomainError
 from invoicing import selectors
-from invoicing.models import Price, PricePlan, PriceTier, Subscription
+from invoicing.models import Price, PricePlan, PriceRate, PriceRateTier, PriceTier, Subscription
+from invoicing.pricing import meter_price
+from invoicing.rate_cards import RateCard, validate_rate_card
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
 from metering.models import Meter
 
@@ -61,8 +63,13 @@ def ensure_plan_version_editable(*, plan_id: int) -> PricePlan:
 
 @dataclass(frozen=True)
 class PriceInput:
+    """An ordinary price (`spec`), or a rate card (`dimensions` and `rates`: (match, spec)
+    rules in order, DESIGN 4a; `spec` None)."""
+
     meter: str  # meter code
-    spec: PriceSpec
+    spec: PriceSpec | None
+    dimensions: tuple[str, ...] = ()
+    rates: tuple[tuple[dict[str, object], PriceSpec], ...] = ()
 
 
 @transaction.atomic
@@ -89,6 +96,10 @@ def create_plan_version(
         elif item.meter in seen:
             errors[f"prices[{index}].meter"] = f"meter {item.meter!r} is priced twice"
         seen.add(item.meter)
+        if item.spec is None:
+            for path, message in validate_rate_card(item.dimensions, item.rates).items():
+                errors[f"prices[{index}].{path}"] = message
+            continue
         problems = validate_price_spec(item.spec)
         if problems:
             errors[f"prices[{index}]"] = "; ".join(problems)
@@ -121,7 +132,7 @@ def create_plan_version(
         interval=interval,
     )
     for item in prices:
-        _store_price(plan=plan, meter=meters[item.meter], spec=item.spec)
+        _store_price(plan=plan, meter=meters[item.meter], item=item)
     moved = Subscription.objects.filter(plan__code=code).exclude(plan=plan).update(plan=plan)
     record_audit(
         action="plan.version_created",
@@ -132,33 +143,79 @@ def create_plan_version(
     return plan
 
 
-def _store_price(*, plan: PricePlan, meter: Meter, spec: PriceSpec) -> Price:
-    """A price and its tiers, in a version created in this transaction (no period uses it)."""
-    price = Price.objects.create(
-        plan=plan,
-        meter=meter,
-        model=spec.model,
-        unit_amount_minor=spec.unit_amount_minor,
-        package_size=spec.package_size,
-        package_amount_minor=spec.package_amount_minor,
-        included_quantity=spec.included_quantity,
-        minimum_minor=spec.minimum_minor,
-    )
-    PriceTier.objects.bulk_create(
-        PriceTier(
-            price=price,
-            position=position,
-            up_to=tier.up_to,
-            unit_amount_minor=tier.unit_amount_minor,
-            flat_amount_minor=tier.flat_amount_minor,
+def _store_price(*, plan: PricePlan, meter: Meter, item: PriceInput) -> Price:
+    """A price with its tiers, or a rate card with its rules and their tiers, in a version
+    created in this transaction (no period uses it)."""
+    if item.spec is None:
+        price = Price.objects.create(
+            plan=plan, meter=meter, model="", dimensions=list(item.dimensions)
         )
-        for position, tier in enumerate(spec.tiers, start=1)
+        for position, (match, spec) in enumerate(item.rates, start=1):
+            rate = PriceRate.objects.create(
+                price=price, position=position, match=dict(match), **_spec_fields(spec)
+            )
+            PriceRateTier.objects.bulk_create(
+                PriceRateTier(rate=rate, position=number, **_tier_fields(tier))
+                for number, tier in enumerate(spec.tiers, start=1)
+            )
+        return price
+    price = Price.objects.create(plan=plan, meter=meter, **_spec_fields(item.spec))
+    PriceTier.objects.bulk_create(
+        PriceTier(price=price, position=position, **_tier_fields(tier))
+        for position, tier in enumerate(item.spec.tiers, start=1)
     )
     return price
 
 
+def _spec_fields(spec: PriceSpec) -> dict[str, object]:
+    return {
+        "model": spec.model,
+        "unit_amount_minor": spec.unit_amount_minor,
+        "package_size": spec.package_size,
+        "package_amount_minor": spec.package_amount_minor,
+        "included_quantity": spec.included_quantity,
+        "minimum_minor": spec.minimum_minor,
+    }
+
+
+def _tier_fields(tier: Tier) -> dict[str, object]:
+    return {
+        "up_to": tier.up_to,
+        "unit_amount_minor": tier.unit_amount_minor,
+        "flat_amount_minor": tier.flat_amount_minor,
+    }
+
+
 def latest_plan(code: str) -> PricePlan | None:
     return PricePlan.objects.filter(code=code).order_by("-version").first()
+
+
+def stored_price_input(price: Price) -> PriceInput:
+    """A stored price (with its tiers, or its rules and theirs) as the input that stores the
+    same price again ("Copy as new version")."""
+    found = meter_price(price)
+    if isinstance(found, RateCard):
+        return PriceInput(
+            meter=price.meter.code,
+            spec=None,
+            dimensions=found.dimensions,
+            rates=tuple((dict(rule.match), rule.spec) for rule in found.rules),
+        )
+    return PriceInput(meter=price.meter.code, spec=found)
+
+
+def price_from_json(data: dict) -> PriceInput:
+    """A price of the plan JSON (already type-checked): ordinary, or a rate card (4a)."""
+    if "rates" in data:
+        return PriceInput(
+            meter=data["meter"],
+            spec=None,
+            dimensions=tuple(data.get("dimensions") or ()),
+            rates=tuple(
+                (dict(rule.get("match") or {}), spec_from_json(rule)) for rule in data["rates"]
+            ),
+        )
+    return PriceInput(meter=data["meter"], spec=spec_from_json(data))
 
 
 def spec_from_json(data: dict) -> PriceSpec:

@@ -15,9 +15,8 @@ from django.db.models import Count, Max, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncHour
 
 from invoicing.backends import get_backend
-from invoicing.models import BillingPeriod, Invoice, InvoiceLine
-from invoicing.pricing import plan_price_specs
-from invoicing.rating import rate
+from invoicing.models import BillingPeriod, Invoice, InvoiceLine, UnpricedResolution
+from invoicing.pricing import plan_price_specs, price_dimensions, rate_group
 from metering import aggregation, aggregations
 from metering.models import Meter, UsageAggregate, UsageEvent, UsageRollup
 
@@ -30,6 +29,7 @@ def reconcile() -> list[str]:
     problems += _invoices_match_lines()
     problems += _periods_have_one_invoice()
     problems += _no_event_left_behind()
+    problems += _unpriced_usage_resolved()
     problems += _rollups_match_events()
     problems += get_backend().reconcile()  # what the billing backend holds (Stripe)
     return problems
@@ -93,18 +93,19 @@ def _aggregates_match_events() -> list[str]:
         .annotate(n=Count("id"))
         .values("n")
     )
-    windows: dict[tuple[int, int, object], list[UsageAggregate]] = defaultdict(list)
+    windows: dict[tuple[int, int, str, object], list[UsageAggregate]] = defaultdict(list)
     for agg in UsageAggregate.objects.annotate(found=Coalesce(Subquery(counted), 0)).order_by(
         "billed_through"
     ):
-        if agg.found != agg.event_count:
+        # A rate card's group: its own events only (the subquery counts the meter's).
+        found = aggregation.events_of_aggregate(agg).count() if agg.dimensions else agg.found
+        if found != agg.event_count:
             problems.append(
-                f"aggregate {agg.pk}: records {agg.event_count} events, "
-                f"its id range holds {agg.found}"
+                f"aggregate {agg.pk}: records {agg.event_count} events, its id range holds {found}"
             )
-        windows[(agg.customer_id, agg.meter_id, agg.window_start)].append(agg)
+        windows[(agg.customer_id, agg.meter_id, agg.dimension_key, agg.window_start)].append(agg)
     meters = {m.pk: m for m in Meter.objects.all()}
-    for (customer_id, meter_id, _), chain in windows.items():
+    for (customer_id, meter_id, _, _), chain in windows.items():
         total = sum((a.quantity for a in chain), Decimal(0))
         last = chain[-1]
         if total != last.cumulative_quantity:
@@ -113,13 +114,15 @@ def _aggregates_match_events() -> list[str]:
                 f"{last.window_start:%Y-%m-%d %H:%M}: increments sum to {total}, "
                 f"cumulative is {last.cumulative_quantity}"
             )
-        recomputed = aggregation.summarize_window(
+        names = list(last.dimensions or {})
+        recomputed = aggregation.summarize_window_groups(
             customer_id=customer_id,
             start=last.window_start,
             end=last.window_end,
-            meters=meters,
+            meters={meter_id: meters[meter_id]},
+            dimensions={meter_id: names} if names else None,
             through=last.event_pk_through,
-        ).get(meter_id)
+        ).get((meter_id, tuple((last.dimensions or {}).values())))
         quantity = recomputed.quantity if recomputed else Decimal(0)
         if quantity != last.cumulative_quantity:
             problems.append(
@@ -133,10 +136,19 @@ def _lines_match_aggregates() -> list[str]:
     problems: list[str] = []
     specs_by_plan: dict[int, dict] = {}
     lines = InvoiceLine.objects.select_related(
-        "aggregate", "invoice__period__plan", "source_period__plan", "meter"
+        "aggregate", "invoice__period__plan", "source_period__plan", "meter", "billed_resolution"
     ).exclude(kind=InvoiceLine.Kind.CAP_CREDIT)
     for line in lines:
         agg = line.aggregate
+        resolution = getattr(line, "billed_resolution", None)
+        if agg is None and resolution is not None:
+            # Billed unpriced usage: the amount finance's action rated (UnpricedResolution).
+            if line.amount_minor != resolution.amount_minor:
+                problems.append(
+                    f"line {line.pk}: bills unpriced usage at {line.amount_minor}, "
+                    f"finance rated it at {resolution.amount_minor}"
+                )
+            continue
         if agg is None:
             problems.append(f"line {line.pk} ({line.kind}) bills no aggregate")
             continue
@@ -147,25 +159,45 @@ def _lines_match_aggregates() -> list[str]:
                 f"{expected_quantity}"
             )
         plan = (line.source_period or line.invoice.period).plan
-        if line.kind == "adjustment" and line.source_period is None:
+        if line.kind != "usage" and line.source_period is None:
             plan = line.invoice.period.plan
         if plan.pk not in specs_by_plan:  # read each plan's prices once, not once per line
             specs_by_plan[plan.pk] = plan_price_specs(plan)
         specs = specs_by_plan[plan.pk]
-        spec = specs.get(agg.meter_id)
-        if spec is None:
-            expected = 0
-        elif line.kind == "usage":
-            expected = rate(spec, agg.cumulative_quantity)
-        else:
-            previous = agg.cumulative_quantity - agg.quantity
-            expected = rate(spec, agg.cumulative_quantity) - rate(spec, previous)
+        price = specs.get(agg.meter_id)
+        values = tuple((agg.dimensions or {}).values())
+        dimensioned = agg.meter_id in price_dimensions(specs)
+        if dimensioned != bool(agg.dimensions):
+            problems.append(
+                f"aggregate {agg.pk}: grouped by {agg.dimensions}, its price's dimensions are "
+                f"{price_dimensions(specs).get(agg.meter_id)}"
+            )
+        previous = agg.cumulative_quantity - agg.quantity
+        expected = rate_group(price, values, agg.cumulative_quantity)
+        if line.kind != "usage":
+            expected -= rate_group(price, values, previous)
         if line.amount_minor != expected:
             problems.append(
                 f"line {line.pk} ({line.meter.code if line.meter else '-'}): amount "
                 f"{line.amount_minor} != {expected} rated from its aggregate"
             )
     return problems
+
+
+def _unpriced_usage_resolved() -> list[str]:
+    """Unpriced usage (DESIGN 4a) that finance has neither billed nor waived is a
+    difference: never silently free."""
+    open_lines = (
+        InvoiceLine.objects.filter(kind=InvoiceLine.Kind.UNPRICED, quantity__gt=0)
+        .exclude(pk__in=UnpricedResolution.objects.values("line_id"))
+        .select_related("meter", "invoice")
+        .order_by("pk")
+    )
+    return [
+        f"line {line.pk} of invoice {line.invoice.number or line.invoice_id}: unpriced usage "
+        f"{line.description} ({line.quantity}) neither billed nor waived"
+        for line in open_lines
+    ]
 
 
 def _invoices_match_lines() -> list[str]:

@@ -182,7 +182,7 @@ def test_a_new_version_applies_from_the_next_period(api, settings):
         ),
         (
             {"prices": [{"meter": "agent_tasks", "model": "per_unit", "unit_amount_minor": "-1"}]},
-            [("prices.0.unit_amount_minor", "Ensure this value is greater than or equal to 0.")],
+            [("prices[0].unit_amount_minor", "Ensure this value is greater than or equal to 0.")],
         ),
         ({"currency": "XYZ"}, [("currency", '"XYZ" is not a valid choice.')]),
     ],

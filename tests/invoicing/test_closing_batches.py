@@ -53,7 +53,7 @@ def customers(hourly_plan, record):
 def _billed_once() -> bool:
     """Every event is covered by exactly one aggregate (window, id range, meter)."""
     for event in UsageEvent.objects.all():
-        covering = aggregation.aggregates_covering(event).count()
+        covering = len(aggregation.aggregates_covering(event))
         if covering != 1:
             return False
     return True

@@ -111,10 +111,10 @@ def test_a_new_customer_with_only_an_id_gets_the_defaults(api):
         pytest.param(
             {**NEW_CUSTOMER, "timezone": "../../etc/passwd"}, ["timezone"], id="path-as-tz"
         ),
-        pytest.param({**NEW_CUSTOMER, "emails": ["not-an-email"]}, ["emails.0"], id="bad-email"),
+        pytest.param({**NEW_CUSTOMER, "emails": ["not-an-email"]}, ["emails[0]"], id="bad-email"),
         pytest.param(
             {**NEW_CUSTOMER, "emails": ["ok@initech.example", "nope"]},
-            ["emails.1"],
+            ["emails[1]"],
             id="second-email-bad",
         ),
         pytest.param({**NEW_CUSTOMER, "emails": "ap@initech.example"}, ["emails"], id="emails-str"),

@@ -255,7 +255,7 @@ EXPECTED = {
         {},
         [
             (None, "customer_id", "must be 1-128 printable ASCII characters without spaces"),
-            (None, "emails.1", "Enter a valid email address."),
+            (None, "emails[1]", "Enter a valid email address."),
             (
                 None,
                 "currency",

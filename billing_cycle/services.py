@@ -150,6 +150,7 @@ def run_billing_cycle(
     """
     report = CycleReport(now=now, inline=inline)
     closed = _close(report, now=now, period_ids=period_ids)
+    _announce_unpriced(closed, inline=inline)
     _report_usage(report, closed=closed, now=now, inline=inline)
     scope = None if period_ids is None else _invoice_ids(period_ids)
     _send_summaries(report, scope=scope, inline=inline)
@@ -220,6 +221,21 @@ def _close(report: CycleReport, *, now: datetime, period_ids: Collection[int] | 
                 Step.CLOSE, outcome, subject, detail, period_id=period_id, invoice_id=invoice.pk
             )
     return closed
+
+
+def _announce_unpriced(closed: list[int], *, inline: bool) -> None:
+    """Tell finance of the unpriced usage the closes found (DESIGN 4a); inline: send now."""
+    if not closed:
+        return
+    try:
+        queued = notification_services.announce_unpriced_usage(
+            invoice_ids=_invoice_ids(closed), send_after_commit=not inline
+        )
+        if inline:
+            for message in queued:
+                notification_services.send_notification(notification_id=message.pk)
+    except Exception:  # the lines stay listed in the admin and reconcile reports them
+        logger.exception("announcing unpriced usage failed")
 
 
 # --- 2. Usage to Stripe's meters (STRIPE_USAGE_REPORTING) ----------------------------------

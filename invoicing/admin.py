@@ -26,7 +26,11 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from invoicing import selectors, stripe_admin  # stripe_admin registers the Stripe pages
+from invoicing import (  # stripe_admin registers the Stripe pages
+    selectors,
+    stripe_admin,
+    unpriced_admin,  # noqa: F401  # registers the unpriced usage pages
+)
 from invoicing.documents import render_invoice_document
 from invoicing.models import (
     BillingPeriod,

@@ -297,6 +297,17 @@ class InvoiceLine(models.Model):
         return self.description
 
 
+class UnpricedLine(InvoiceLine):
+    """Unpriced usage lines (kind `unpriced`) as finance lists, bills and waives them."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "unpriced usage line"
+
+    def __str__(self) -> str:
+        return f"{self.description} ({self.quantity})"
+
+
 class UnpricedResolution(models.Model):
     """Finance's decision on one unpriced line (DESIGN 4a): bill it or waive it, once.
 

@@ -18,6 +18,7 @@ class Notification(models.Model):
         BUDGET_ALERT = "budget_alert", "Budget threshold alert"
         OPS_PAUSED = "ops_paused", "Finance: customer paused"
         OPS_BOUNCE = "ops_bounce", "Finance: billing e-mail bounced"
+        OPS_UNPRICED = "ops_unpriced", "Finance: unpriced usage (rate card)"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"

@@ -22,7 +22,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from invoicing.models import Invoice
+from invoicing.models import Invoice, InvoiceLine
 from invoicing.pricing import describe_line_price
 from invoicing.services import invoices as invoice_services
 from metering.currencies import format_minor
@@ -272,6 +272,53 @@ def send_usage_summaries_now(*, invoice_ids: Collection[int]) -> list[Notificati
         except Exception:
             logger.exception("sending usage summary %s failed", notification_id)
     return list(Notification.objects.filter(pk__in=pending).order_by("pk"))
+
+
+# --- Unpriced usage (DESIGN 4a) -------------------------------------------------------------
+
+
+def announce_unpriced_usage(
+    *, invoice_ids: Collection[int], send_after_commit: bool = True
+) -> list[Notification]:
+    """Tell finance (BILLING_OPS_EMAILS) of the unpriced usage on these invoices: one message
+    per (meter, dimension values, period), whatever the number of closes or reruns (the
+    outbox key), with the line to bill or waive in the admin."""
+    lines = (
+        InvoiceLine.objects.filter(
+            invoice_id__in=list(invoice_ids), kind=InvoiceLine.Kind.UNPRICED, quantity__gt=0
+        )
+        .select_related("meter", "aggregate", "invoice__customer", "invoice__period")
+        .order_by("pk")
+    )
+    queued: list[Notification] = []
+    for line in lines:
+        period_id = line.source_period_id or line.invoice.period_id
+        group = line.aggregate.dimension_key if line.aggregate else str(line.pk)
+        customer = line.invoice.customer
+        queued.append(
+            queue_notification(
+                key=f"ops-unpriced:{line.meter_id}:{group}:{period_id}",
+                kind=N.Kind.OPS_UNPRICED,
+                recipients=list(settings.BILLING_OPS_EMAILS),
+                subject=f"Unpriced usage of {customer.external_id}: {line.description}"[:300],
+                context={
+                    "customer_id": customer.external_id,
+                    "customer_name": customer.name,
+                    "description": line.description,
+                    "dimensions": (line.pricing or {}).get("dimensions") or {},
+                    "quantity": decimal_text(line.quantity),
+                    "unit": line.meter.unit if line.meter else "",
+                    "invoice_id": line.invoice_id,
+                    "line_id": line.pk,
+                    "period_start": line.invoice.period.start,
+                },
+                customer=customer,
+                invoice_id=line.invoice_id,
+                period_start=line.invoice.period.start,
+                send_after_commit=send_after_commit,
+            )
+        )
+    return queued
 
 
 # --- Tracking (anymail) --------------------------------------------------------------------

@@ -94,7 +94,7 @@ def bill_unpriced_line(*, line_id: int, rule_position: int, user: object) -> Unp
         rule_position=rule_position,
         amount_minor=amount,
         pricing=record.to_json(),
-        user=user if getattr(user, "pk", None) else None,
+        user_id=getattr(user, "pk", None),
     )
     record_audit(
         action="unpriced.billed",
@@ -131,7 +131,7 @@ def waive_unpriced_line(*, line_id: int, reason: str, user: object) -> UnpricedR
         line=line,
         action=UnpricedResolution.Action.WAIVE,
         reason=reason,
-        user=user if getattr(user, "pk", None) else None,
+        user_id=getattr(user, "pk", None),
     )
     record_audit(
         action="unpriced.waived",

@@ -504,3 +504,96 @@ def test_rate_group_of_an_ordinary_price_ignores_values():
     spec = PriceSpec("graduated", tiers=(Tier(D(10), D(1)), Tier(None, D(2))))
     assert rate_group(spec, (), D(15)) == 20
     assert rate_group(None, (), D(15)) == 0
+
+
+# --- Finance: the admin list, its actions, the announcement ----------------------------------
+
+
+@pytest.fixture
+def finance(db):
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    user = User.objects.create_user("fran", password="not-used", is_staff=True)
+    user.groups.add(Group.objects.get(name="Finance"))
+    client = Client()
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+@override_settings(**GRACE)
+def test_finance_lists_unpriced_usage_with_totals_and_bills_or_waives_it(
+    record, on_rate_card, finance
+):
+    from django.urls import reverse
+
+    record(MIXED, now=T0 + timedelta(minutes=6))
+    closing.close_due_periods(now=T0 + H + timedelta(minutes=10))
+    huge, true, absent = InvoiceLine.objects.filter(kind="unpriced").order_by("position")
+    url = reverse("admin:invoicing_unpricedline_changelist")
+
+    page = finance.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="unpriced-totals"' in html
+    assert "<td>llm_tokens</td><td>open</td><td>3</td><td>516.000000</td>" in html
+    assert "model=huge, token_type=input" in html
+
+    billed = finance.post(
+        url, {"action": "bill_with_rule", "_selected_action": [huge.pk], "rule": "1", "index": 0}
+    )
+    waived = finance.post(
+        url,
+        {
+            "action": "waive_with_reason",
+            "_selected_action": [true.pk, absent.pk],
+            "reason": "internal test traffic",
+            "index": 0,
+        },
+    )
+    refused = finance.post(
+        url,
+        {"action": "waive_with_reason", "_selected_action": [huge.pk], "reason": "x", "index": 0},
+    )
+
+    assert billed.status_code == waived.status_code == refused.status_code == 302
+    decisions = {
+        r.line_id: (r.action, r.rule_position, r.reason, r.user_id)
+        for r in UnpricedResolution.objects.all()
+    }
+    user = finance.user.pk
+    assert decisions == {
+        huge.pk: ("bill", 1, "", user),
+        true.pk: ("waive", None, "internal test traffic", user),
+        absent.pk: ("waive", None, "internal test traffic", user),
+    }
+    audited = AuditEntry.objects.filter(action__startswith="unpriced.").values_list(
+        "action", "actor_id"
+    )
+    assert sorted(audited) == [
+        ("unpriced.billed", user),
+        ("unpriced.waived", user),
+        ("unpriced.waived", user),
+    ]
+    assert reconcile() == []
+    totals = finance.get(url).content.decode()
+    assert "<td>llm_tokens</td><td>bill</td><td>1</td><td>500.000000</td>" in totals
+
+
+@override_settings(**GRACE, BILLING_OPS_EMAILS=["ops@example.com"])
+def test_finance_is_told_of_each_unpriced_group_once(record, on_rate_card, mailoutbox):
+    from billing_cycle.services import run_billing_cycle
+    from notifications.models import Notification
+
+    record(MIXED, now=T0 + timedelta(minutes=6))
+    run_billing_cycle(now=T0 + H + timedelta(minutes=10), inline=True)
+    run_billing_cycle(now=T0 + H + timedelta(minutes=11), inline=True)
+
+    told = Notification.objects.filter(kind="ops_unpriced").order_by("pk")
+    assert told.count() == 3
+    assert {tuple(n.recipients) for n in told} == {("ops@example.com",)}
+    unpriced_mails = [m for m in mailoutbox if m.to == ["ops@example.com"]]
+    assert len(unpriced_mails) == 3
+    assert "model=huge, token_type=input" in unpriced_mails[0].subject
+    assert "500" in unpriced_mails[0].body

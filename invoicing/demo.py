@@ -30,6 +30,30 @@ DEMO_PRICES = [
         ),
     ),
 ]
+# The demo plans price LLM tokens by model and token type (DESIGN 4a): `large` and `small`
+# are priced, input and output apart; `medium` (which the demo agents also use) is left
+# unpriced on purpose, so finance sees the unpriced flow (the admin list, bill or waive).
+DEMO_TOKEN_RATE_CARD = plans.PriceInput(
+    "llm_tokens",
+    None,
+    dimensions=("model", "token_type"),
+    rates=(
+        ({"model": "large", "token_type": "output"}, PriceSpec("per_unit", D("0.006"))),
+        ({"model": "large"}, PriceSpec("per_unit", D("0.002"))),
+        ({"model": "small", "token_type": "output"}, PriceSpec("per_unit", D("0.0008"))),
+        (
+            {"model": "small"},
+            PriceSpec(
+                "graduated",
+                included_quantity=D("100000"),
+                tiers=(Tier(D("1000000"), D("0.0002")), Tier(None, D("0.0001"))),
+            ),
+        ),
+    ),
+)
+DEMO_PLAN_PRICES = [
+    price if price.meter != "llm_tokens" else DEMO_TOKEN_RATE_CARD for price in DEMO_PRICES
+]
 # (plan code, name, currency, interval, customer external id)
 DEMO_PLANS = [
     ("demo-hourly", "Demo (hourly periods)", "USD", "hour", "acme"),
@@ -47,7 +71,11 @@ def seed_invoicing_demo() -> list[str]:
         plan = PricePlan.objects.filter(code=code).order_by("-version").first()
         if plan is None:
             plan = plans.create_plan_version(
-                code=code, name=name, currency=currency, interval=interval, prices=DEMO_PRICES
+                code=code,
+                name=name,
+                currency=currency,
+                interval=interval,
+                prices=DEMO_PLAN_PRICES,
             )
         customer = Customer.objects.get(external_id=external_id)
         subscriptions.subscribe_customer(customer=customer, plan=plan, now=now)

@@ -5,8 +5,10 @@
 
 Each agent loops until Ctrl-C/SIGTERM: it picks a demo customer ("acme" or "globex"), asks
 `ensure_allowed` (idling while the customer is paused at its budget cap), then runs one task
-as a unit of work: one `agent_tasks`, a random few thousand `llm_tokens`, and the task's
-elapsed `agent_minutes`. One line a minute says what was recorded and delivered.
+as a unit of work: one `agent_tasks` and the task's elapsed `agent_minutes`, and a random few
+thousand `llm_tokens` as two events, input and output (`token_type`), of the task's `model`
+(small, medium or large: the demo plans price small and large and leave medium unpriced, so
+the unpriced flow shows in the back office). One line a minute says what was recorded and delivered.
 
 The API key is read from $AGENT_BILLING_API_KEY or var/demo-api-key (written by
 `manage.py seed_demo`). Unless --no-demo-cap, a customer without a budget cap gets the demo
@@ -111,7 +113,16 @@ class Fleet:
             ) as work:
                 self.stop.wait(random.uniform(0.5, 2.5))  # noqa: S311 - "thinking"
                 tokens = random.randint(1, 9) * 1000 + random.randint(0, 999)  # noqa: S311
-                work.add("llm_tokens", tokens)
+                output = tokens // 4  # the answer; the rest is the prompt
+                # Tokens by model and token type: the demo plans price them by both, and
+                # leave `medium` unpriced on purpose (finance bills or waives it).
+                for token_type, count in (("input", tokens - output), ("output", output)):
+                    self.client.record(
+                        customer,
+                        "llm_tokens",
+                        count,
+                        properties={**properties, "token_type": token_type},
+                    )
             with self.lock:
                 self.tasks[customer] += 1
                 self.tokens[customer] += tokens

@@ -78,13 +78,25 @@ class FleetReport:
         return sum(s["retries"] for s in self.client_stats) + self.raw_failures
 
 
-def usage(rng: random.Random) -> list[tuple[str, Decimal]]:
-    """One agent task: the task, its tokens, its minutes (2 decimal places)."""
+# The demo's rate card prices llm_tokens by model and token type, and leaves `medium` unpriced.
+MODELS = ("small", "medium", "large")
+
+
+def usage(rng: random.Random) -> list[tuple[str, Decimal, dict[str, str]]]:
+    """One agent task: the task, its input and output tokens (by model), its minutes (2
+    decimal places); each with the properties it adds to the event."""
+    model = rng.choice(MODELS)
     return [
-        ("agent_tasks", Decimal(1)),
-        ("llm_tokens", Decimal(rng.randint(1, 5000))),
-        ("agent_minutes", Decimal(rng.randint(1, 600)) / 100),
+        ("agent_tasks", Decimal(1), {}),
+        ("llm_tokens", Decimal(rng.randint(1, 5000)), {"model": model, "token_type": "input"}),
+        ("llm_tokens", Decimal(rng.randint(1, 1000)), {"model": model, "token_type": "output"}),
+        ("agent_minutes", Decimal(rng.randint(1, 600)) / 100, {}),
     ]
+
+
+def usage_name(meter: str, properties: dict[str, str]) -> str:
+    """A part of an event id naming one of a task's events ("llm_tokens-output")."""
+    return "-".join([meter, *([properties["token_type"]] if "token_type" in properties else [])])
 
 
 def run_fleet(
@@ -114,12 +126,12 @@ def run_fleet(
         for task in range(tasks_per_agent):
             customer = rng.choice(customers)
             at = timestamp(rng)
-            for meter, quantity in usage(rng):
+            for meter, quantity, extra in usage(rng):
                 event_id = client.record(
                     customer,
                     meter,
                     quantity,
-                    properties={"agent_id": f"agent-{n}", "task": task},
+                    properties={"agent_id": f"agent-{n}", "task": task, **extra},
                     timestamp=at,
                 )
                 report.ledger.add(customer, event_id, meter, quantity)
@@ -136,14 +148,15 @@ def run_fleet(
             for task in range(4):
                 customer = rng.choice(customers)
                 at = timestamp(rng) or timezone.now()
-                for meter, quantity in usage(rng):
+                for meter, quantity, extra in usage(rng):
                     batch.append(
                         {
-                            "event_id": f"raw-{n}-{batch_no}-{task}-{meter}",
+                            "event_id": f"raw-{n}-{batch_no}-{task}-{usage_name(meter, extra)}",
                             "customer_id": customer,
                             "meter": meter,
                             "quantity": str(quantity),
                             "timestamp": at.isoformat(),
+                            "properties": extra,
                         }
                     )
             for event in batch:

@@ -21,7 +21,7 @@ from invoicing.services import plans, subscriptions
 from metering import services as metering_services
 from metering.models import ApiKey, Customer
 from tests.e2e import processes
-from tests.e2e.fleet import Ledger
+from tests.e2e.fleet import Ledger, usage_name
 from tests.e2e.fleet import usage as fleet_usage
 from tests.e2e.processes import MailCapture, RedisServer, wait_for
 from tests.factories import CustomerFactory
@@ -190,14 +190,16 @@ def past_usage(
         for period in range(periods):
             for n in range(per_period):
                 at = anchor + timedelta(hours=period, seconds=rng.randint(0, 3599))
-                for meter, amount in fleet_usage(rng):
+                for meter, amount, extra in fleet_usage(rng):
+                    name = usage_name(meter, extra)
                     events.append(
                         {
-                            "event_id": f"{customer.external_id}-{period}-{n}-{meter}",
+                            "event_id": f"{customer.external_id}-{period}-{n}-{name}",
                             "customer_id": customer.external_id,
                             "meter": meter,
                             "quantity": str(amount),
                             "timestamp": at.isoformat(),
+                            "properties": extra,
                         }
                     )
         metering_services.record_usage_events(api_key=api_key, raw_events=events, now=now)

@@ -17,7 +17,7 @@ from invoicing.models import Invoice, InvoiceLine, PricePlan, UnpricedResolution
 from invoicing.pricing import rate_group
 from invoicing.rate_cards import RateCard, Rule, match_rule
 from invoicing.rating import PriceSpec, Tier
-from invoicing.services import closing, subscriptions, unpriced
+from invoicing.services import closing, plans, subscriptions, unpriced
 from invoicing.services.reconcile import reconcile
 from metering import aggregation
 from metering.dimensions import value_text, values_of
@@ -597,3 +597,145 @@ def test_finance_is_told_of_each_unpriced_group_once(record, on_rate_card, mailo
     assert len(unpriced_mails) == 3
     assert "model=huge, token_type=input" in unpriced_mails[0].subject
     assert "500" in unpriced_mails[0].body
+
+
+# --- The property: the invoice is the sum over groups of each group's rule ----------------
+
+
+class _Rollback(Exception):
+    pass
+
+
+_MODELS = ["a", "b", "c", True, 5, 2.5, None]
+_TYPES = ["in", "out", None]
+
+
+def _specs():
+    from hypothesis import strategies as st
+
+    unit = st.decimals(min_value=0, max_value=3, places=3)
+    included = st.sampled_from([D(0), D(5), D(50)])
+    minimum = st.sampled_from([0, 0, 7])
+    per_unit = st.builds(
+        lambda u, i, m: PriceSpec(
+            "per_unit", unit_amount_minor=u, included_quantity=i, minimum_minor=m
+        ),
+        unit,
+        included,
+        minimum,
+    )
+    tiered = st.builds(
+        lambda model, u1, u2, flat: PriceSpec(
+            model, tiers=(Tier(D(100), u1, flat), Tier(None, u2))
+        ),
+        st.sampled_from(["graduated", "volume"]),
+        unit,
+        unit,
+        st.sampled_from([0, 3]),
+    )
+    package = st.builds(
+        lambda size, amount: PriceSpec("package", package_size=size, package_amount_minor=amount),
+        st.sampled_from([D(10), D(60)]),
+        st.integers(min_value=0, max_value=50),
+    )
+    return st.one_of(per_unit, tiered, package)
+
+
+def _rules():
+    from hypothesis import strategies as st
+
+    match = st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.sampled_from(["a", "b", "true", "5", "2.5"]),
+            "token_type": st.sampled_from(["in", "out"]),
+        },
+    )
+    return st.lists(st.tuples(match, _specs()), min_size=1, max_size=4).map(
+        lambda rules: [r for r in rules[:-1] if r[0]] + [rules[-1]]
+    )
+
+
+def _events():
+    from hypothesis import strategies as st
+
+    return st.lists(
+        st.tuples(
+            st.sampled_from(_MODELS),
+            st.sampled_from(_TYPES),
+            st.integers(min_value=0, max_value=400),
+        ),
+        min_size=0,
+        max_size=12,
+    )
+
+
+def test_the_invoice_is_the_sum_over_groups_of_each_groups_rule(meters, customer, record, settings):
+    from django.db import transaction
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+
+    settings.BILLING_GRACE_PERIOD = 600
+    settings.BILLING_REVIEW_PERIOD = 1800
+
+    @hypothesis_settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(rules=_rules(), events=_events())
+    def check(rules, events):
+        selectors._period_prices.clear()
+        try:
+            with transaction.atomic():
+                item = plans.PriceInput("llm_tokens", None, ("model", "token_type"), tuple(rules))
+                plan = plans.create_plan_version(
+                    code="prop", name="P", currency="USD", interval="hour", prices=[item]
+                )
+                subscriptions.subscribe_customer(customer=customer, plan=plan, now=T0)
+                raw = []
+                for index, (model, token_type, quantity) in enumerate(events):
+                    props = {}
+                    if model is not None or index % 2:
+                        props["model"] = model  # an explicit null on odd events
+                    if token_type is not None:
+                        props["token_type"] = token_type
+                    at = T0 + timedelta(minutes=1 + index)
+                    raw.append(
+                        {
+                            "event_id": f"e{index}",
+                            "customer_id": "acme",
+                            "meter": "llm_tokens",
+                            "quantity": str(quantity),
+                            "timestamp": at.isoformat(),
+                            "properties": props,
+                        }
+                    )
+                if raw:
+                    record(raw, now=T0 + timedelta(minutes=30))
+                closing.close_due_periods(now=T0 + H + timedelta(minutes=10))
+
+                card = RateCard(
+                    dimensions=("model", "token_type"),
+                    rules=tuple(Rule(match=tuple(m.items()), spec=s) for m, s in rules),
+                )
+                groups: dict[tuple, Decimal] = {}
+                for model, token_type, quantity in events:
+                    values = values_of({"model": model, "token_type": token_type}, card.dimensions)
+                    groups[values] = groups.get(values, D(0)) + quantity
+                expected = sum(rate_group(card, values, q) for values, q in groups.items())
+                invoice = Invoice.objects.get(customer=customer, period__start=T0)
+                assert invoice.total_minor == expected
+                lines = {
+                    tuple((line.pricing.get("dimensions") or {}).values()): line
+                    for line in invoice.lines.all()
+                }
+                assert {k: v.quantity for k, v in lines.items()} == groups
+                for values, line in lines.items():
+                    kind = "unpriced" if match_rule(card, values) is None else "usage"
+                    assert line.kind == kind
+                for event in UsageEvent.objects.filter(customer=customer):
+                    assert len(aggregation.aggregates_covering(event)) == 1
+                raise _Rollback
+        except _Rollback:
+            pass
+
+    check()

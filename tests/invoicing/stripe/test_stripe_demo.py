@@ -46,6 +46,7 @@ def test_demo_period_closes_into_stripe_and_a_paid_webhook_settles_it(
             "meter": "llm_tokens",
             "quantity": "250000",
             "timestamp": at,
+            "properties": {"model": "large", "token_type": "output"},  # the demo's rate card
         },
     ]
     for event in events:

@@ -38,6 +38,7 @@ from invoicing.models import (
     InvoiceLine,
     Price,
     PricePlan,
+    PriceRate,
     PriceTier,
     Subscription,
 )
@@ -115,7 +116,7 @@ def _spec_from_fields(data: dict[str, Any], tiers: tuple[Tier, ...]) -> PriceSpe
     )
 
 
-def _tiers_summary(price: Price, currency: str) -> str:
+def _tiers_summary(price: Price | PriceRate, currency: str) -> str:
     parts = []
     for tier in price.tiers.all():
         bound = "∞" if tier.up_to is None else f"{tier.up_to.normalize():,f}"
@@ -161,6 +162,10 @@ class PriceInline(admin.TabularInline):
         if price.pk is None:
             return ""
         return _tiers_summary(price, price.plan.currency)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Price]:
+        # Rate cards (DESIGN 4a) are shown on their Price page, rules read-only.
+        return super().get_queryset(request).exclude(rates__isnull=False)
 
     def has_add_permission(self, request: HttpRequest, obj: PricePlan | None = None) -> bool:
         return super().has_add_permission(request, obj) and not selectors.plan_in_use(plan=obj)
@@ -310,7 +315,33 @@ class PriceTierInline(admin.TabularInline):
         return super().has_delete_permission(request, obj) and not _price_locked(obj)
 
 
+class PriceRateInline(admin.TabularInline):
+    """A rate card's rules in order (DESIGN 4a), read-only here: a rate card is created
+    through the plans API and copied into a new version with "Copy as new version"."""
+
+    model = PriceRate
+    extra = 0
+    fields = ("position", "match", *SPEC_FIELDS, "tiers")
+    readonly_fields = ("position", "match", *SPEC_FIELDS, "tiers")
+    verbose_name = "rule"
+
+    @admin.display(description="tiers")
+    def tiers(self, rate: PriceRate) -> str:
+        return _tiers_summary(rate, rate.price.plan.currency)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def _price_locked(price: Price | None) -> bool:
+    if price is not None and price.pk is not None and price.rates.exists():
+        return True  # a rate card: read-only in the admin (PriceRateInline)
     return price is not None and price.pk is not None and selectors.plan_in_use(plan=price.plan)
 
 
@@ -335,7 +366,7 @@ class PriceForm(forms.ModelForm):
 @admin.register(Price)
 class PriceAdmin(PlanVersionGuardMixin, admin.ModelAdmin):
     form = PriceForm
-    inlines = [PriceTierInline]
+    inlines = [PriceTierInline, PriceRateInline]
     list_display = ["plan", "meter", "model", "included_quantity", "minimum_minor"]
     list_filter = ["plan__code", "model"]
     list_select_related = ["plan", "meter"]

@@ -10,10 +10,11 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 
+from billing_project.db import DecimalSum
 from invoicing.models import UnpricedLine, UnpricedResolution
 from invoicing.services import unpriced
 
@@ -95,7 +96,7 @@ class UnpricedLineAdmin(admin.ModelAdmin):
         totals = (
             self.get_queryset(request)
             .values("meter__code", "resolution__action")
-            .annotate(lines=Count("pk"), quantity=Sum("quantity"))
+            .annotate(lines=Count("pk"), quantity=DecimalSum("quantity"))
             .order_by("meter__code", "resolution__action")
         )
         extra = {

@@ -44,12 +44,12 @@ from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from django.db.models import Count, F, Max, Min, QuerySet, Sum, Window
+from django.db.models import CharField, Count, F, Max, Min, QuerySet, Sum, Window
 from django.db.models.fields.json import (  # type: ignore[attr-defined]  # not in the stubs
     KeyTextTransform,
     compile_json_path,
 )
-from django.db.models.functions import RowNumber
+from django.db.models.functions import Cast, RowNumber
 
 from billing_project.db import DecimalMax, DecimalSum, decimal_add_sql, decimal_greatest_sql
 
@@ -222,17 +222,19 @@ class _PropertyText(KeyTextTransform):
         return sql, (*params, path, *params, path)
 
 
-def property_text(prop: str) -> KeyTextTransform:
+def property_text(prop: str) -> Cast:
     """A property's value as text, the same on both engines (NULL when absent or JSON null;
     `true` as 'true', numbers as written): the text that unique_count counts, the portal's
-    breakdown shows and rate cards compare (metering.dimensions.value_text in Python)."""
-    return _PropertyText(prop, "properties")
+    breakdown shows and rate cards compare (metering.dimensions.value_text in Python). The
+    cast makes lookups on it plain text comparisons (a key transform's own `exact` would
+    read the compared value as JSON on SQLite)."""
+    return Cast(_PropertyText(prop, "properties"), output_field=CharField())
 
 
 # --- Groups of a rate card's dimensions (DESIGN 4a) -----------------------------------------
 
 
-def dimension_columns(names: Sequence[str]) -> dict[str, KeyTextTransform]:
+def dimension_columns(names: Sequence[str]) -> dict[str, Cast]:
     """The annotations that group events by dimensions `names`: dim_0, dim_1, ..."""
     return {f"dim_{index}": property_text(name) for index, name in enumerate(names)}
 

@@ -6,11 +6,19 @@ from billing_project.migration_utils import grant_group_permissions
 
 
 def grant(apps, schema_editor) -> None:
-    """Finance lists unpriced usage and bills or waives it (DESIGN 4a)."""
+    """Finance lists unpriced usage and bills or waives it, and sees rate cards' rules."""
     grant_group_permissions(
         apps,
         "Finance",
-        {"invoicing": ["view_unpricedline", "change_unpricedline", "view_unpricedresolution"]},
+        {
+            "invoicing": [
+                "view_unpricedline",
+                "change_unpricedline",
+                "view_unpricedresolution",
+                "view_pricerate",
+                "view_priceratetier",
+            ]
+        },
     )
 
 

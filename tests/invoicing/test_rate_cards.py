@@ -739,3 +739,29 @@ def test_the_invoice_is_the_sum_over_groups_of_each_groups_rule(meters, customer
             pass
 
     check()
+
+
+def test_the_admin_shows_a_rate_cards_rules_and_copies_them_into_a_new_version(
+    on_rate_card, finance
+):
+    from django.urls import reverse
+
+    from invoicing.models import Price
+    from invoicing.pricing import plan_price_specs
+
+    price = Price.objects.get(plan=on_rate_card, meter__code="llm_tokens")
+    page = finance.get(reverse("admin:invoicing_price_change", args=[price.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "0.001500000000" in html and "token_type" in html
+    plan_page = finance.get(reverse("admin:invoicing_priceplan_change", args=[on_rate_card.pk]))
+    assert plan_page.status_code == 200
+
+    copied = finance.post(
+        reverse("admin:invoicing_priceplan_changelist"),
+        {"action": "copy_as_new_version", "_selected_action": [on_rate_card.pk], "index": 0},
+    )
+
+    assert copied.status_code == 302
+    v2 = PricePlan.objects.get(code="agents", version=2)
+    assert plan_price_specs(v2) == {pk: spec for pk, spec in plan_price_specs(on_rate_card).items()}

@@ -68,6 +68,7 @@ class MeterUsage:
     projected_quantity: Decimal
     projected_amount_minor: int
     pricing: PricingRecord  # how the line is priced, as the invoice line will record it
+    description: str = ""  # the line's: the meter's name, and a rate card group's values
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def current_usage(*, customer: Customer, now: datetime) -> CurrentUsage | None:
                     spec, tuple(value for _, value in line.pricing.dimensions), projected
                 ),
                 pricing=line.pricing,
+                description=line.description,
             )
         )
     length = period.end - period.start

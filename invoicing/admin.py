@@ -366,7 +366,14 @@ class PriceForm(forms.ModelForm):
 @admin.register(Price)
 class PriceAdmin(PlanVersionGuardMixin, admin.ModelAdmin):
     form = PriceForm
-    inlines = [PriceTierInline, PriceRateInline]
+    inlines = [PriceTierInline]
+
+    def get_inlines(self, request: HttpRequest, obj: Price | None) -> list[Any]:
+        """A rate card's rules (read-only) instead of tiers: its rules carry the tiers."""
+        if obj is not None and obj.pk is not None and obj.rates.exists():
+            return [PriceRateInline]
+        return list(super().get_inlines(request, obj))
+
     list_display = ["plan", "meter", "model", "included_quantity", "minimum_minor"]
     list_filter = ["plan__code", "model"]
     list_select_related = ["plan", "meter"]

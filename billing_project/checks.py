@@ -7,6 +7,9 @@ release, every page that names that file answers 500. `static_manifest_errors` f
 before the first request: `manage.py check --deploy` reports it, and the WSGI and ASGI
 applications refuse to load (`refuse_to_start_without_collected_static`), so gunicorn's
 workers fail to boot with the reason instead of serving 500s.
+
+`stripe_key_prefix_errors` (billing_project.E002, every `manage.py` command and the same
+refusal at load) keeps STRIPE_KEY_PREFIX short enough for Stripe's identifier limits.
 """
 
 from __future__ import annotations
@@ -83,10 +86,52 @@ def check_static_manifest(app_configs=None, **kwargs) -> list[checks.Error]:
 
 
 def refuse_to_start_without_collected_static() -> None:
-    """Raise ImproperlyConfigured when static_manifest_errors finds any: called by wsgi.py and
-    asgi.py, since no server runs Django's system checks itself."""
-    errors = static_manifest_errors()
+    """Raise ImproperlyConfigured when static_manifest_errors (or stripe_key_prefix_errors)
+    finds any: called by wsgi.py and asgi.py, since no server runs Django's system checks
+    itself."""
+    errors = static_manifest_errors() + stripe_key_prefix_errors()
     if errors:
         raise ImproperlyConfigured(
             "; ".join(f"{error.id}: {error.msg} (hint: {error.hint})" for error in errors)
         )
+
+
+# --- STRIPE_KEY_PREFIX ------------------------------------------------------------------------
+
+STRIPE_KEY_PREFIX_ERROR = "billing_project.E002"
+
+
+def stripe_key_prefix_errors() -> list[checks.Error]:
+    """STRIPE_KEY_PREFIX starts every idempotency key and meter-event identifier we derive: it
+    must leave room for our ids within Stripe's limits (an identifier is at most 100
+    characters), and be printable ASCII without spaces. Checked whatever the backend (usage
+    reporting uses it too), by every management command and at server start."""
+    from django.conf import settings
+
+    from invoicing.stripe.client import KEY_PREFIX_MAX
+
+    prefix = settings.STRIPE_KEY_PREFIX
+    problem = ""
+    if not isinstance(prefix, str) or not prefix:
+        problem = "STRIPE_KEY_PREFIX is empty"
+    elif len(prefix) > KEY_PREFIX_MAX:
+        problem = (
+            f"STRIPE_KEY_PREFIX is {len(prefix)} characters; at most {KEY_PREFIX_MAX} leave "
+            "room for our ids in Stripe's 100-character meter-event identifiers"
+        )
+    elif not (prefix.isascii() and prefix.isprintable()) or " " in prefix:
+        problem = "STRIPE_KEY_PREFIX must be printable ASCII without spaces"
+    if not problem:
+        return []
+    return [
+        checks.Error(
+            problem,
+            hint="set STRIPE_KEY_PREFIX to a short name of this installation, e.g. billing-eu",
+            id=STRIPE_KEY_PREFIX_ERROR,
+        )
+    ]
+
+
+@checks.register()
+def check_stripe_key_prefix(app_configs=None, **kwargs) -> list[checks.Error]:
+    return stripe_key_prefix_errors()

@@ -381,6 +381,12 @@ class StripeCustomer(models.Model):
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.CREATED)
     requested_at = models.DateTimeField(null=True, blank=True)
     requested_params = models.JSONField(default=dict, blank=True)
+    # Bumped after Stripe answered the creation with a (saved) error: the next request goes
+    # under a new idempotency key, after a search by our id (invoicing.stripe.outbox).
+    key_attempt = models.PositiveIntegerField(default=0)
+    # The Stripe customer's invoice default payment method as last seen (Checkout, webhooks).
+    default_payment_method = models.CharField(max_length=255, blank=True)
+    payment_method_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -395,14 +401,21 @@ class StripeInvoiceSync(models.Model):
     """The delivery of one finalized invoice to Stripe, resumable step by step.
 
     pending: to do or under way (transient errors are retried by Celery); delivered: created,
-    one item per line, finalized and charged or sent; failed: Stripe refused it (a permanent
-    error, see last_error); needs_attention: still unresolved 24 hours after the first attempt,
-    when Stripe may have forgotten our idempotency keys, so nothing is resent automatically.
+    one item per line, finalized and charged or sent; awaiting_method: finalized in Stripe and
+    open, not charged because the Stripe customer has no payment method (resumed when one is
+    added); failed: Stripe refused it (a permanent error, see last_error); needs_attention:
+    still unresolved 24 hours after the first attempt, when Stripe may have forgotten our
+    idempotency keys, so nothing is resent automatically.
+
+    The amounts are the Stripe invoice's as last seen: a Stripe invoice below the currency's
+    minimum charge is "paid" with amount_paid 0 and its amount carried to the customer's
+    balance (ending_balance); `payment_failure` is Stripe's reason for the last declined charge.
     """
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         DELIVERED = "delivered", "Delivered"
+        AWAITING_PAYMENT_METHOD = "awaiting_method", "Awaiting payment method"
         FAILED = "failed", "Failed"
         NEEDS_ATTENTION = "needs_attention", "Needs attention"
 
@@ -419,6 +432,12 @@ class StripeInvoiceSync(models.Model):
     # The Stripe invoice's status as last seen (API answer or webhook), and Stripe's time of it.
     stripe_status = models.CharField(max_length=16, blank=True)
     stripe_status_at = models.DateTimeField(null=True, blank=True)
+    key_attempt = models.PositiveIntegerField(default=0)  # see invoicing.stripe.outbox
+    payment_failure = models.TextField(blank=True)
+    amount_due = models.BigIntegerField(null=True, blank=True)
+    amount_paid = models.BigIntegerField(null=True, blank=True)
+    starting_balance = models.BigIntegerField(null=True, blank=True)
+    ending_balance = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -504,6 +523,9 @@ class UsageReport(models.Model):
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    key_attempt = models.PositiveIntegerField(default=0)  # see invoicing.stripe.outbox
+    # The meter event's parameters as first sent: every resend sends exactly these.
+    sent_params = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

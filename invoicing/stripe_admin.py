@@ -18,6 +18,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -31,9 +32,9 @@ from invoicing.models import (
     UsageReport,
 )
 from invoicing.services import invoices
-from invoicing.stripe import customers, usage_reports
+from invoicing.stripe import customers, payment_methods, usage_reports
 from invoicing.stripe import invoices as stripe_invoices
-from invoicing.stripe.client import dashboard_url
+from invoicing.stripe.client import StripeSyncError, dashboard_url
 
 
 def _link(kind: str, stripe_id: str | None) -> str:
@@ -77,7 +78,14 @@ def stripe_delivery_status(invoice: Invoice) -> str:
     if sync is None:
         return "-"
     detail = f" ({sync.stripe_status} in Stripe)" if sync.stripe_status else ""
-    return f"{sync.get_status_display()}{detail}"
+    notes = []
+    if sync.payment_failure:
+        notes.append(f"payment failed: {sync.payment_failure}")
+    if payment_methods.carried(sync):
+        notes.append(
+            f"not charged: carried to the customer's Stripe balance ({sync.ending_balance})"
+        )
+    return "; ".join([f"{sync.get_status_display()}{detail}", *notes])
 
 
 @admin.action(description="Deliver to Stripe again (failed or flagged)")
@@ -137,11 +145,65 @@ class StripeCustomerAdmin(admin.ModelAdmin):
     one (before the first delivery creates one)."""
 
     form = StripeCustomerForm
-    list_display = ["customer", "stripe_customer", "source", "updated_at"]
+    list_display = [
+        "customer",
+        "stripe_customer",
+        "source",
+        "payment_method",
+        "awaiting_payment_method",
+        "updated_at",
+    ]
     list_filter = ["source"]
     list_select_related = ["customer"]
     search_fields = ["customer__external_id", "customer__name", "stripe_customer_id"]
-    readonly_fields = ["stripe_customer", "source", "requested_at", "created_at", "updated_at"]
+    readonly_fields = [
+        "stripe_customer",
+        "source",
+        "default_payment_method",
+        "payment_method_at",
+        "requested_at",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["card_link"]
+
+    @admin.display(description="Payment method")
+    def payment_method(self, obj: StripeCustomer) -> str:
+        return obj.default_payment_method or "none: invoices cannot be charged"
+
+    @admin.display(description="Awaiting a payment method")
+    def awaiting_payment_method(self, obj: StripeCustomer) -> int:
+        return StripeInvoiceSync.objects.filter(
+            invoice__customer_id=obj.customer_id, status=payment_methods.AWAITING
+        ).count()
+
+    @admin.action(description="Create a link where the customer adds a card (Stripe Checkout)")
+    def card_link(self, request: HttpRequest, queryset: QuerySet[StripeCustomer]) -> None:
+        page = request.build_absolute_uri(reverse("portal:billing"))
+        for link in queryset.select_related("customer").order_by("pk"):
+            try:
+                url = payment_methods.start_setup(
+                    customer_id=link.customer_id,
+                    success_url=f"{page}?setup=done",
+                    cancel_url=page,
+                    now=timezone.now(),
+                )
+            except StripeSyncError as exc:
+                self.message_user(
+                    request, f"{link.customer.external_id}: {exc}", level=messages.ERROR
+                )
+                continue
+            self.message_user(
+                request,
+                format_html(
+                    "{}: send the customer this link (valid 24 hours): "
+                    '<a href="{}" rel="noopener" target="_blank">{}</a>',
+                    link.customer.external_id,
+                    url,
+                    url,
+                ),
+                level=messages.SUCCESS,
+            )
 
     @admin.display(description="Stripe customer", ordering="stripe_customer_id")
     def stripe_customer(self, obj: StripeCustomer) -> str:
@@ -186,6 +248,10 @@ class StripeInvoiceSyncAdmin(_ReadOnly):
         "attempts",
         "first_attempt_at",
         "delivered_at",
+        "amount_due",
+        "amount_paid",
+        "ending_balance",
+        "payment_failure",
         "last_error",
     ]
     list_filter = ["status", "stripe_status"]

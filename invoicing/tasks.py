@@ -30,6 +30,29 @@ def deliver_invoice(invoice_id: int) -> None:
     invoices.deliver_to_backend(invoice_id=invoice_id)
 
 
+@shared_task(
+    name="invoicing.stripe_use_payment_method",
+    ignore_result=True,
+    autoretry_for=(ConnectionError, TimeoutError),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=None,
+)
+def stripe_use_payment_method(
+    stripe_customer_id: str, setup_intent_id: str = "", payment_method_id: str = ""
+) -> None:
+    """Make the card a customer added (Checkout in setup mode) its default for invoices, and
+    resume the deliveries that awaited it. Idempotent."""
+    from invoicing.stripe import payment_methods
+
+    payment_methods.use_payment_method(
+        stripe_customer_id=stripe_customer_id,
+        setup_intent_id=setup_intent_id,
+        payment_method_id=payment_method_id,
+        now=timezone.now(),
+    )
+
+
 @shared_task(name="invoicing.stripe_report_usage", ignore_result=True)
 def stripe_report_usage() -> dict[str, int]:
     """Write the due usage reports (after closes, and every few minutes for realtime); each

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from portal import views
+from portal import billing, views
 
 app_name = "portal"
 
@@ -30,6 +30,8 @@ urlpatterns = [
     path("invoices/", views.invoice_list, name="invoices"),
     path("invoices/<int:invoice_id>/", views.invoice_detail, name="invoice"),
     path("invoices/<int:invoice_id>/document/", views.invoice_document, name="invoice_document"),
+    path("billing/", billing.billing, name="billing"),
+    path("billing/payment-method/", billing.add_payment_method, name="add_payment_method"),
     path("export/", views.export, name="export"),
     path("budget/", views.budget, name="budget"),
     path("budget/acknowledge/", views.acknowledge, name="acknowledge"),

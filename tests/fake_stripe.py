@@ -3,23 +3,43 @@ talks to through STRIPE_API_BASE.
 
 It implements the endpoints the Stripe backend calls, with Stripe's shapes: form-encoded
 parameters with nested keys (`metadata[invoice_id]`, `period[start]`), JSON objects with their
-`object` field and id prefixes (cus_, in_, ii_, mtr_), list objects with `data`/`has_more`/`url`,
-errors as `{"error": {"type", "message", "code"}}`. Its semantics:
+`object` field and id prefixes (cus_, in_, ii_, mtr_, cs_, seti_, pm_), list objects with
+`data`/`has_more`/`url`, errors as `{"error": {"type", "message", "code", "param"}}`. It is as
+strict as Stripe documents:
 
-- Idempotency: a POST's Idempotency-Key stores the first answer (a success or a declined
-  charge; requests refused by validation are not stored); the same key with the same
-  parameters replays it (header `Idempotent-Replayed: true`), with other parameters it is a 400
-  `idempotency_error`. `forget_idempotency_keys()` plays the 24 hours after which Stripe may
-  prune them.
-- Meter events: an identifier seen before is refused with Stripe's 400 "An event already
-  exists with identifier ...". Timestamps must be at most 35 days old, 5 minutes ahead.
-- Invoices: draft -> open (finalize; a zero total is paid at once) -> paid (pay) | void |
-  uncollectible; items only on drafts; `send` counts e-mails.
-- Faults, queued per request pattern with `inject()`: "500" and "429" (with Retry-After) answer
-  before anything is applied (as Stripe's front end would), "timeout" applies the request and
-  answers only after `delay` seconds (longer than the client's timeout), "reset" applies it and
-  drops the connection without an answer.
-- Every request is recorded (`requests`), so tests can assert exact calls and totals.
+- Parameters: every request is checked against the schema of its operation, derived from
+  Stripe's generated parameter types (tests/stripe_params.json, tests/stripe_schema.py): an
+  unknown parameter, a missing required one or a value of the wrong type is Stripe's 400
+  `invalid_request_error` naming the parameter.
+- Idempotency (Stripe's documented rules): a POST's Idempotency-Key (at most 255 characters)
+  saves the response once the endpoint started executing: successes, declines, 4xx refusals of
+  the operation and 500s alike; a request refused by parameter validation, or conflicting with
+  one in flight, saves nothing. The same key with the same parameters replays the saved answer
+  (header `Idempotent-Replayed: true`), a 500 too; with other parameters (or another endpoint)
+  it is a 400 `idempotency_error`; while the first request with the key is still executing, a
+  409 `idempotency_key_in_use`. `forget_idempotency_keys()` plays the 24 hours after which
+  Stripe may prune keys.
+- Customers carry `balance` (positive: owed to us) and `invoice_settings.default_payment_method`.
+  Payment methods are attached by the simulated Checkout flow (`complete_checkout`).
+- Invoices: draft -> open (finalize) -> paid (pay) | void | uncollectible; at most 250 invoice
+  items per invoice; items only on drafts. At finalization the customer's balance is applied
+  (`starting_balance`), and an invoice due nothing, or less than the currency's minimum charge
+  (MINIMUM_CHARGE), is marked paid with `amount_paid` 0 and its amount due carried to the
+  customer's balance (`ending_balance`); a negative total is credited to the balance. `pay`
+  without a payment method (the invoice's or the customer's default) is a 400; a declining
+  card a 402 `card_error`. `send` counts e-mails, and so does finalizing a `send_invoice`
+  invoice with `auto_advance` (Stripe e-mails it itself).
+- Meter events: an identifier is kept METER_IDENTIFIER_WINDOW (Stripe: at least 24 hours);
+  within it a repeat is refused with a 400, after it, it counts again. Timestamps must be at
+  most 35 days old and 5 minutes ahead.
+- Faults, queued per request pattern with `inject()`: "500" is an error of the endpoint after it
+  started executing (nothing applied; saved under the key, as Stripe saves it), "429" (with
+  Retry-After) is the rate limiter's, before anything (never saved), "timeout" applies the
+  request and answers only after `delay` seconds (longer than the client's timeout), "slow"
+  holds the key in flight for `delay` seconds before executing (a retry meanwhile gets the
+  409), "reset" applies it and drops the connection without an answer.
+- Every request is recorded (`requests`, with its Stripe-Version header), so tests can assert
+  exact calls and totals.
 
 Webhooks: `event()` builds an event from an object's current state, `sign()` signs a payload
 as Stripe does (`t=...,v1=...`, HMAC-SHA256 of "t.payload" with the endpoint secret), and
@@ -46,11 +66,36 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from tests import stripe_schema
+
 API_KEY = "sk_test_fake_stripe_key"
 WEBHOOK_SECRET = "whsec_fake_stripe_secret"
 API_VERSION = "2026-10-28.endive"
 METER_EVENT_MAX_AGE = 35 * 24 * 3600
 METER_EVENT_MAX_FUTURE = 5 * 60
+METER_IDENTIFIER_WINDOW = 24 * 3600
+IDEMPOTENCY_KEY_MAX = 255
+MAX_INVOICE_ITEMS = 250
+# Stripe's minimum charge amounts (minor units) for the currencies it documents; others here
+# are not checked.
+MINIMUM_CHARGE = {
+    "usd": 50,
+    "eur": 50,
+    "gbp": 30,
+    "chf": 50,
+    "cad": 50,
+    "aud": 50,
+    "sek": 300,
+    "inr": 50,
+    "brl": 50,
+    "jpy": 50,
+}
+NO_PAYMENT_METHOD = (
+    "This customer has no attached payment source or default payment method. Please consider "
+    "adding a default payment method."
+)
+# Card numbers of the simulated Checkout flow: Stripe's test cards for success and decline.
+CARDS = {"4242424242424242": False, "4000000000000002": True}
 
 
 class ApiError(Exception):
@@ -68,6 +113,7 @@ class Recorded:
     path: str
     params: dict[str, Any]
     idempotency_key: str | None
+    stripe_version: str | None = None
     status: int | None = None
     replayed: bool = False
     fault: str | None = None
@@ -75,7 +121,7 @@ class Recorded:
 
 @dataclass
 class Fault:
-    kind: str  # "500" | "429" | "timeout" | "reset"
+    kind: str  # "500" | "429" | "timeout" | "slow" | "reset"
     method: str
     path: re.Pattern[str]
     retry_after: int = 1
@@ -164,9 +210,20 @@ class FakeStripe:
             self.meters: dict[str, dict[str, Any]] = {}
             self.meter_events: list[dict[str, Any]] = []
             self.idempotency: dict[str, _Stored] = {}
+            self.in_flight: set[str] = set()
+            self.payment_methods: dict[str, dict[str, Any]] = {}
+            self.setup_intents: dict[str, dict[str, Any]] = {}
+            self.checkout_sessions: dict[str, dict[str, Any]] = {}
+            self.credit_notes: dict[str, dict[str, Any]] = {}
+            self.meter_identifiers: dict[str, int] = {}  # identifier -> when first seen
             self.requests: list[Recorded] = []
             self.faults: list[Fault] = []
             self.declining: set[str] = set()
+            self.declining_methods: set[str] = set()
+            # Test control: a customer created from now on already has a default card, as if
+            # it had gone through Checkout before its first invoice (Stripe: none).
+            self.cards_for_new_customers = False
+            self.no_card_for: set[str] = set()  # ...except these (metadata external_id)
             self.emails_sent: dict[str, int] = {}
 
     # --- test controls --------------------------------------------------------------------
@@ -182,19 +239,78 @@ class FakeStripe:
         delay: float = 2.0,
     ) -> None:
         """Queue `times` faults for the next requests matching method and path (a regex)."""
-        assert kind in {"500", "429", "timeout", "reset"}, kind
+        assert kind in {"500", "429", "timeout", "slow", "reset"}, kind
         with self.lock:
             for _ in range(times):
                 self.faults.append(Fault(kind, method, re.compile(path), retry_after, delay))
 
-    def forget_idempotency_keys(self) -> None:
-        """What Stripe may do 24 hours after a key was first used."""
+    def forget_idempotency_keys(self, *, meter_identifiers: bool = True) -> None:
+        """What Stripe may do 24 hours after a key was first used (meter-event identifiers
+        too, unless `meter_identifiers` is False)."""
         with self.lock:
             self.idempotency.clear()
+            if meter_identifiers:
+                self.meter_identifiers.clear()
 
     def decline_payments(self, stripe_customer_id: str) -> None:
         with self.lock:
             self.declining.add(stripe_customer_id)
+
+    def attach_card(
+        self, stripe_customer_id: str, *, number: str = "4242424242424242", default: bool = True
+    ) -> str:
+        """A card attached to the customer (as the dashboard or a Checkout flow would), made
+        its invoice default unless `default` is False. Returns the payment method's id."""
+        with self.lock:
+            pm = {
+                "id": self._id("pm"),
+                "object": "payment_method",
+                "type": "card",
+                "card": {"brand": "visa", "last4": number[-4:]},
+                "customer": stripe_customer_id,
+                "created": int(time.time()),
+                "livemode": False,
+                "metadata": {},
+            }
+            self.payment_methods[pm["id"]] = pm
+            if CARDS.get(number):
+                self.declining_methods.add(pm["id"])
+            if default:
+                self.customers[stripe_customer_id]["invoice_settings"]["default_payment_method"] = (
+                    pm["id"]
+                )
+            return pm["id"]
+
+    def complete_checkout(
+        self, session_id: str, *, number: str = "4242424242424242"
+    ) -> dict[str, Any]:
+        """The customer enters a card on the Checkout page of a setup-mode session: the card
+        is attached to the customer (not made its default: that is ours to do), the session's
+        SetupIntent succeeds, the session completes. Returns the session."""
+        with self.lock:
+            session = self.checkout_sessions[session_id]
+            assert session["mode"] == "setup" and session["status"] == "open", session
+            pm_id = self.attach_card(session["customer"], number=number, default=False)
+            intent = {
+                "id": self._id("seti"),
+                "object": "setup_intent",
+                "customer": session["customer"],
+                "payment_method": pm_id,
+                "status": "succeeded",
+                "usage": "off_session",
+                "created": int(time.time()),
+                "livemode": False,
+                "metadata": dict(session.get("setup_intent_metadata") or {}),
+            }
+            self.setup_intents[intent["id"]] = intent
+            session["setup_intent"] = intent["id"]
+            session["status"] = "complete"
+            session["url"] = None
+            return self._session_view(session)
+
+    def set_customer_balance(self, stripe_customer_id: str, balance: int) -> None:
+        with self.lock:
+            self.customers[stripe_customer_id]["balance"] = balance
 
     def create_meter(self, event_name: str) -> dict[str, Any]:
         with self.lock:
@@ -251,6 +367,9 @@ class FakeStripe:
             }.get(status)
             if transition:
                 invoice["status_transitions"][transition] = int(time.time())
+            if status == "paid":  # paid in the dashboard, or collected by Stripe's retries
+                invoice["amount_paid"] += invoice["amount_remaining"]
+                invoice["amount_remaining"] = 0
             return self._invoice_view(invoice)
 
     def meter_total(self, event_name: str, stripe_customer_id: str) -> Decimal:
@@ -335,42 +454,83 @@ class FakeStripe:
         return None
 
     def handle(
-        self, method: str, path: str, params: dict[str, Any], key: str | None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        key: str | None,
+        fault: Fault | None = None,
     ) -> tuple[int, dict[str, Any], bool]:
-        """(status, body, replayed) for one request, applying it under the lock."""
+        """(status, body, replayed) for one request, applying it under the lock, in Stripe's
+        order: route, parameter validation, the idempotency layer, the endpoint."""
+        idempotent = method == "POST" and bool(key)
         with self.lock:
-            if method == "POST" and key:
+            try:
+                name, args, template = self._match(method, path)
+                self._validate(method, template, params)
+            except ApiError as exc:
+                return exc.status, exc.body, False
+            if idempotent:
+                assert key is not None
+                if len(key) > IDEMPOTENCY_KEY_MAX:
+                    message = f"Idempotency keys may be at most {IDEMPOTENCY_KEY_MAX} characters."
+                    return 400, ApiError(400, message, param="Idempotency-Key").body, False
+                if key in self.in_flight:
+                    error = ApiError(
+                        409,
+                        "There is currently another in-progress request using this Stripe "
+                        "API Idempotency-Key. Please try again later.",
+                        code="idempotency_key_in_use",
+                    )
+                    return 409, error.body, False
                 stored = self.idempotency.get(key)
                 if stored is not None:
                     if (stored.method, stored.path, stored.params) != (method, path, params):
-                        return (
+                        error = ApiError(
                             400,
-                            ApiError(
-                                400,
-                                "Keys for idempotent requests can only be used with the same "
-                                f"parameters they were first used with. Try using a key other "
-                                f"than '{key}' if you meant to execute a different request.",
-                                type_="idempotency_error",
-                            ).body,
-                            False,
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with. Try using a key other than "
+                            f"'{key}' if you meant to execute a different request.",
+                            type_="idempotency_error",
                         )
+                        return 400, error.body, False
                     return stored.status, stored.body, True
+                self.in_flight.add(key)
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.delay)  # executing, the key in flight
+        with self.lock:
             try:
-                status, body = 200, self._route(method, path, params)
+                if fault is not None and fault.kind == "500":
+                    raise ApiError(500, "An unknown error occurred", type_="api_error")
+                status, body = 200, getattr(self, name)(params, **args)
             except ApiError as exc:
                 status, body = exc.status, exc.body
-            # Stripe keeps the answer once the endpoint ran: successes, and a declined charge;
-            # a request refused by validation (other 4xx) is not kept and may be sent again.
-            if method == "POST" and key and (status < 400 or status == 402):
+            if idempotent:
+                assert key is not None
+                self.in_flight.discard(key)
                 self.idempotency[key] = _Stored(method, path, params, status, body)
             return status, body, False
 
-    def _route(self, method: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _match(self, method: str, path: str) -> tuple[str, dict[str, str], str]:
         for route_method, pattern, name in _ROUTES:
             match = re.fullmatch(pattern, path)
             if route_method == method and match:
-                return getattr(self, name)(params, **match.groupdict())
+                template = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern)
+                return name, match.groupdict(), template
         raise ApiError(404, f"Unrecognized request URL ({method}: {path}).")
+
+    def _validate(self, method: str, template: str, params: dict[str, Any]) -> None:
+        schema = stripe_schema.operation(method, template)
+        if schema is None:
+            raise AssertionError(f"no parameter schema for {method} {template}: regenerate it")
+        problem = stripe_schema.check(schema, params)
+        if problem is not None:
+            message, param, code = problem
+            extra = {"param": param}
+            if code:
+                extra["code"] = code
+                extra["doc_url"] = f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}"
+            raise ApiError(400, message, **extra)
 
     # --- customers ------------------------------------------------------------------------
 
@@ -383,12 +543,56 @@ class FakeStripe:
             "livemode": False,
             "metadata": params.get("metadata", {}),
             "name": params.get("name"),
+            "balance": 0,
+            "currency": None,
+            "default_source": None,
+            "invoice_settings": {
+                "custom_fields": None,
+                "default_payment_method": None,
+                "footer": None,
+                "rendering_options": None,
+            },
         }
         self.customers[customer["id"]] = customer
+        if self.cards_for_new_customers and (
+            customer["metadata"].get("external_id") not in self.no_card_for
+        ):
+            self.attach_card(customer["id"])
+        return customer
+
+    def update_customer(self, params: dict[str, Any], id: str) -> dict[str, Any]:
+        customer = self.get_customer({}, id)
+        settings = params.get("invoice_settings") or {}
+        if "default_payment_method" in settings:
+            pm_id = settings["default_payment_method"]
+            pm = self.payment_methods.get(pm_id)
+            if pm is None:
+                raise ApiError(
+                    400,
+                    f"No such PaymentMethod: '{pm_id}'",
+                    code="resource_missing",
+                    param="invoice_settings[default_payment_method]",
+                )
+            if pm["customer"] != id:
+                raise ApiError(
+                    400,
+                    f"The customer does not have a payment method with the ID {pm_id}. The "
+                    "payment method must be attached to the customer.",
+                    param="invoice_settings[default_payment_method]",
+                )
+            customer["invoice_settings"]["default_payment_method"] = pm_id
+        for key, value in (params.get("metadata") or {}).items():
+            if value == "":
+                customer["metadata"].pop(key, None)
+            else:
+                customer["metadata"][key] = value
+        for field_name in ("name", "email"):
+            if field_name in params:
+                customer[field_name] = params[field_name] or None
         return customer
 
     def get_customer(self, params: dict[str, Any], id: str) -> dict[str, Any]:
-        if id not in self.customers:
+        if id not in self.customers or self.customers[id].get("deleted"):
             raise ApiError(404, f"No such customer: '{id}'", code="resource_missing", param="id")
         return self.customers[id]
 
@@ -411,7 +615,15 @@ class FakeStripe:
     def _invoice_view(self, invoice: dict[str, Any]) -> dict[str, Any]:
         items = [i for i in self.invoice_items.values() if i["invoice"] == invoice["id"]]
         total = sum(i["amount"] for i in items)
-        paid = invoice["status"] == "paid"
+        if invoice["status"] == "draft":  # the balance is applied at finalization
+            amount_due = max(0, total)
+            settled = {"amount_paid": 0, "amount_remaining": amount_due}
+        else:
+            amount_due = invoice["amount_due"]
+            settled = {
+                "amount_paid": invoice["amount_paid"],
+                "amount_remaining": invoice["amount_remaining"],
+            }
         lines = [
             {
                 "id": f"il_{item['id']}",
@@ -434,9 +646,8 @@ class FakeStripe:
             **invoice,
             "subtotal": total,
             "total": total,
-            "amount_due": total,
-            "amount_paid": total if paid else 0,
-            "amount_remaining": 0 if paid else total,
+            "amount_due": amount_due,
+            **settled,
             "lines": {
                 "object": "list",
                 "data": lines,
@@ -475,6 +686,15 @@ class FakeStripe:
             "hosted_invoice_url": None,
             "invoice_pdf": None,
             "status": "draft",
+            "amount_due": 0,
+            "amount_paid": 0,
+            "amount_remaining": 0,
+            "starting_balance": 0,
+            "ending_balance": None,
+            "attempt_count": 0,
+            "attempted": False,
+            "default_payment_method": params.get("default_payment_method"),
+            "last_payment_error": None,
             "status_transitions": {
                 "finalized_at": None,
                 "paid_at": None,
@@ -514,9 +734,28 @@ class FakeStripe:
         invoice["invoice_pdf"] = f"https://pay.stripe.com/invoice/acct_fake/{id}/pdf"
         if "auto_advance" in params:
             invoice["auto_advance"] = _bool(params["auto_advance"])
-        if self._invoice_view(invoice)["amount_due"] == 0:
+        # Stripe applies the customer's balance, then settles what it cannot charge: nothing
+        # due, or less than the currency's minimum charge, is marked paid (amount_paid 0) and
+        # what was due is carried to the customer's balance for the next invoice.
+        customer = self.customers[invoice["customer"]]
+        total = self._invoice_view(invoice)["total"]
+        starting = customer["balance"]
+        due = total + starting
+        invoice["starting_balance"] = starting
+        invoice["amount_due"] = max(0, due)
+        invoice["amount_paid"] = 0
+        invoice["amount_remaining"] = max(0, due)
+        ending = 0 if due > 0 else due  # a credit left over stays on the balance
+        if 0 < due < MINIMUM_CHARGE.get(invoice["currency"], 1):
+            ending = due
+            invoice["amount_remaining"] = 0
+        customer["balance"] = ending
+        invoice["ending_balance"] = ending
+        if invoice["amount_remaining"] == 0:
             invoice["status"] = "paid"
             invoice["status_transitions"]["paid_at"] = now
+        elif invoice["collection_method"] == "send_invoice" and invoice["auto_advance"]:
+            self.emails_sent[id] = self.emails_sent.get(id, 0) + 1  # Stripe e-mails it itself
         return self._invoice_view(invoice)
 
     def pay_invoice(self, params: dict[str, Any], id: str) -> dict[str, Any]:
@@ -527,14 +766,35 @@ class FakeStripe:
             raise ApiError(400, f"You cannot pay an invoice that is {invoice['status']}.")
         if _bool(params.get("paid_out_of_band")):
             invoice["paid_out_of_band"] = True
-        elif invoice["customer"] in self.declining:
-            raise ApiError(
-                402,
-                "Your card was declined.",
-                type_="card_error",
-                code="card_declined",
-                decline_code="generic_decline",
+        else:
+            customer = self.customers[invoice["customer"]]
+            method = (
+                params.get("payment_method")
+                or invoice.get("default_payment_method")
+                or customer["invoice_settings"]["default_payment_method"]
+                or customer.get("default_source")
             )
+            if not method:
+                raise ApiError(400, NO_PAYMENT_METHOD)
+            invoice["attempted"] = True
+            invoice["attempt_count"] += 1
+            if invoice["customer"] in self.declining or method in self.declining_methods:
+                error = {
+                    "type": "card_error",
+                    "code": "card_declined",
+                    "decline_code": "generic_decline",
+                    "message": "Your card was declined.",
+                }
+                invoice["last_payment_error"] = error
+                raise ApiError(
+                    402,
+                    "Your card was declined.",
+                    type_="card_error",
+                    code="card_declined",
+                    decline_code="generic_decline",
+                )
+            invoice["amount_paid"] = invoice["amount_remaining"]
+        invoice["amount_remaining"] = 0
         invoice["status"] = "paid"
         invoice["status_transitions"]["paid_at"] = int(time.time())
         return self._invoice_view(invoice)
@@ -577,6 +837,13 @@ class FakeStripe:
                 raise ApiError(400, "The invoice belongs to another customer.")
             if params.get("currency", invoice["currency"]) != invoice["currency"]:
                 raise ApiError(400, "The item's currency differs from the invoice's.")
+            held = sum(1 for i in self.invoice_items.values() if i["invoice"] == invoice_id)
+            if held >= MAX_INVOICE_ITEMS:
+                raise ApiError(
+                    400,
+                    f"An invoice may hold at most {MAX_INVOICE_ITEMS} invoice items.",
+                    param="invoice",
+                )
         quantity = int(params.get("quantity", 1))
         if "amount" in params:
             amount = int(params["amount"])
@@ -625,9 +892,10 @@ class FakeStripe:
         if name not in {m["event_name"] for m in self.meters.values()}:
             raise ApiError(400, f"No active meter was found matching event_name {name}.")
         identifier = params.get("identifier") or self._id("mev")
-        if any(e["identifier"] == identifier for e in self.meter_events):
-            raise ApiError(400, f"An event already exists with identifier {identifier}.")
         now = int(time.time())
+        seen = self.meter_identifiers.get(identifier)
+        if seen is not None and now - seen < METER_IDENTIFIER_WINDOW:
+            raise ApiError(400, f"An event already exists with identifier {identifier}.")
         timestamp = int(params.get("timestamp", now))
         if timestamp < now - METER_EVENT_MAX_AGE or timestamp > now + METER_EVENT_MAX_FUTURE:
             raise ApiError(
@@ -649,6 +917,7 @@ class FakeStripe:
             "timestamp": timestamp,
         }
         self.meter_events.append(event)
+        self.meter_identifiers[identifier] = now
         return event
 
     def list_meters(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -687,6 +956,59 @@ class FakeStripe:
             "url": f"/v1/billing/meters/{id}/event_summaries",
         }
 
+    # --- payment methods: Checkout in setup mode ------------------------------------------
+
+    def _session_view(self, session: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in session.items() if k != "setup_intent_metadata"}
+
+    def create_checkout_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        mode = params.get("mode")
+        if mode != "setup":
+            raise ApiError(400, "This fake serves setup-mode sessions only.", param="mode")
+        customer = params.get("customer")
+        if customer not in self.customers:
+            raise ApiError(400, f"No such customer: '{customer}'", code="resource_missing")
+        if params.get("ui_mode", "hosted") == "hosted" and not params.get("success_url"):
+            raise ApiError(400, "Missing required param: success_url.", param="success_url")
+        if "payment_method_types" not in params and "currency" not in params:
+            raise ApiError(
+                400,
+                "You must provide `currency` in `setup` mode when `payment_method_types` is "
+                "not passed.",
+                param="currency",
+            )
+        session_id = self._id("cs_test")
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "setup",
+            "status": "open",
+            "customer": customer,
+            "currency": params.get("currency"),
+            "setup_intent": None,
+            "success_url": params.get("success_url"),
+            "cancel_url": params.get("cancel_url"),
+            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+            "created": int(time.time()),
+            "expires_at": int(time.time()) + 24 * 3600,
+            "livemode": False,
+            "metadata": params.get("metadata", {}),
+            "client_reference_id": params.get("client_reference_id"),
+            "setup_intent_metadata": (params.get("setup_intent_data") or {}).get("metadata"),
+        }
+        self.checkout_sessions[session_id] = session
+        return self._session_view(session)
+
+    def get_checkout_session(self, params: dict[str, Any], id: str) -> dict[str, Any]:
+        if id not in self.checkout_sessions:
+            raise ApiError(404, f"No such checkout.session: '{id}'", code="resource_missing")
+        return self._session_view(self.checkout_sessions[id])
+
+    def get_setup_intent(self, params: dict[str, Any], id: str) -> dict[str, Any]:
+        if id not in self.setup_intents:
+            raise ApiError(404, f"No such setupintent: '{id}'", code="resource_missing")
+        return self.setup_intents[id]
+
     # --- lists ----------------------------------------------------------------------------
 
     def _page(self, rows: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict:
@@ -703,6 +1025,7 @@ _ROUTES = [
     ("POST", r"/v1/customers", "create_customer"),
     ("GET", r"/v1/customers/search", "search_customers"),
     ("GET", r"/v1/customers/(?P<id>[^/]+)", "get_customer"),
+    ("POST", r"/v1/customers/(?P<id>[^/]+)", "update_customer"),
     ("POST", r"/v1/invoices", "create_invoice"),
     ("GET", r"/v1/invoices", "list_invoices"),
     ("GET", r"/v1/invoices/(?P<id>[^/]+)", "get_invoice"),
@@ -716,6 +1039,9 @@ _ROUTES = [
     ("POST", r"/v1/billing/meter_events", "create_meter_event"),
     ("GET", r"/v1/billing/meters", "list_meters"),
     ("GET", r"/v1/billing/meters/(?P<id>[^/]+)/event_summaries", "meter_event_summaries"),
+    ("POST", r"/v1/checkout/sessions", "create_checkout_session"),
+    ("GET", r"/v1/checkout/sessions/(?P<id>[^/]+)", "get_checkout_session"),
+    ("GET", r"/v1/setup_intents/(?P<id>[^/]+)", "get_setup_intent"),
 ]
 
 
@@ -738,7 +1064,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length).decode() if length else ""
         params = _nest(parse_qsl(body if method == "POST" else url.query, keep_blank_values=True))
         key = self.headers.get("Idempotency-Key")
-        record = Recorded(method, url.path, params, key)
+        record = Recorded(method, url.path, params, key, self.headers.get("Stripe-Version"))
         with fake.lock:
             fake.requests.append(record)
         if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
@@ -747,10 +1073,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fault = fake._take_fault(method, url.path)
         record.fault = fault.kind if fault else None
-        if fault is not None and fault.kind == "500":
-            record.status = 500
-            self._answer(500, ApiError(500, "An unknown error occurred", type_="api_error").body)
-            return
         if fault is not None and fault.kind == "429":
             record.status = 429
             error = ApiError(
@@ -758,7 +1080,7 @@ class _Handler(BaseHTTPRequestHandler):
             ).body
             self._answer(429, error, headers={"Retry-After": str(fault.retry_after)})
             return
-        status, answer, replayed = fake.handle(method, url.path, params, key)
+        status, answer, replayed = fake.handle(method, url.path, params, key, fault)
         record.status, record.replayed = status, replayed
         if fault is not None and fault.kind == "reset":
             self._reset()

@@ -7,16 +7,21 @@ decision and never see the library. Rules kept here for every call:
 - No call runs inside a database transaction (checked: RuntimeError otherwise). Callers record
   their intent and commit first, then call, then record the outcome in a new transaction
   (invoicing.stripe.outbox).
-- Every write carries the idempotency key the caller derives from our ids (`idempotency_key`).
+- Every write carries the idempotency key the caller derives from our ids, the attempt
+  counter of its outbox row and a fingerprint of the parameters (`idempotency_key`), so a key
+  is never sent again with other parameters (Stripe would answer 400 idempotency_error).
 - The client never retries by itself (`max_network_retries=0`): the Celery task is the retrier.
-  Errors come out as TransientStripeError (connection errors, timeouts, 409, 429, 5xx: retry
-  later with the same key) or PermanentStripeError (anything else: record it, do not retry).
+  Errors come out as TransientStripeError (connection errors, timeouts, 409, 429, 5xx, and a
+  key refused as used with other parameters: retry later; `saved` says whether Stripe kept
+  the answer under the key, so the retry needs a new one) or PermanentStripeError (anything
+  else: record it, do not retry).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -28,8 +33,14 @@ from django.db import connection
 
 from billing_project.errors import BadRequest
 
-# Stripe answers a repeated meter-event identifier with a 400 starting with this message.
-DUPLICATE_METER_EVENT = "An event already exists with identifier"
+# Stripe's limits on what we derive from our ids (OpenAPI maxLength of a meter event's
+# identifier; the idempotency layer's key length).
+IDENTIFIER_MAX = 100
+IDEMPOTENCY_KEY_MAX = 255
+# The longest suffix we append to STRIPE_KEY_PREFIX in an identifier: "-usage-" and a 64-bit
+# primary key (invoicing.stripe.usage_reports.report_identifier).
+IDENTIFIER_SUFFIX_MAX = len("-usage-") + len(str(2**63 - 1))
+KEY_PREFIX_MAX = IDENTIFIER_MAX - IDENTIFIER_SUFFIX_MAX
 
 
 class StripeSyncError(Exception):
@@ -42,12 +53,20 @@ class StripeSyncError(Exception):
 
 
 class TransientStripeError(StripeSyncError, ConnectionError):
-    """Worth retrying later with the same idempotency key (a ConnectionError, so the delivery
-    task's autoretry covers it). `retry_after` is Stripe's Retry-After, in seconds, if any."""
+    """Worth retrying later (a ConnectionError, so the delivery task's autoretry covers it).
+    `retry_after` is Stripe's Retry-After, in seconds, if any.
 
-    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs: Any):
+    `saved`: Stripe answered, and keeps that answer under the key (a 5xx once the endpoint ran,
+    for 24 hours): the same key would replay it, so the retry looks the object up and goes
+    under a new key. Not saved: the answer was lost (connection error, timeout: the same key
+    replays whatever Stripe did), or refused before any execution (429, 409 key in flight)."""
+
+    def __init__(
+        self, message: str, *, retry_after: int | None = None, saved: bool = False, **kwargs: Any
+    ):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+        self.saved = saved
 
 
 class PermanentStripeError(StripeSyncError):
@@ -68,19 +87,20 @@ class InvalidWebhook(BadRequest):
         super().__init__(f"invalid webhook: {detail}")
 
 
-@dataclass(frozen=True)
-class MeterEventResult:
-    identifier: str
-    duplicate: bool  # Stripe already had this identifier: delivered before
-
-
 # --- The client -----------------------------------------------------------------------------
+
+
+# The Stripe API version every request names (Stripe-Version), set here and nowhere else: the
+# version the pinned library (pyproject: stripe>=16.1,<17) is generated for. Objects and
+# webhook events come in this version's shapes. Changing it is an upgrade of its own.
+API_VERSION = "2026-10-28.endive"
 
 
 @lru_cache(maxsize=4)
 def _client_for(api_key: str, api_base: str, timeout: float) -> stripe.StripeClient:
     return stripe.StripeClient(
         api_key,
+        stripe_version=API_VERSION,
         base_addresses={"api": api_base},
         max_network_retries=0,
         http_client=stripe.RequestsClient(timeout=timeout),
@@ -93,9 +113,27 @@ def _client() -> stripe.StripeClient:
     return _client_for(settings.STRIPE_API_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT)
 
 
-def idempotency_key(suffix: str) -> str:
-    """Our deterministic key for one write, namespaced per installation."""
+def identifier(suffix: str) -> str:
+    """An identifier derived from our ids, namespaced per installation (meter events)."""
     return f"{settings.STRIPE_KEY_PREFIX}-{suffix}"
+
+
+def fingerprint(params: dict[str, Any]) -> str:
+    """A short digest of a request's parameters (canonical JSON)."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def idempotency_key(suffix: str, *, attempt: int = 0, params: dict[str, Any] | None = None) -> str:
+    """Our deterministic key for one write: the installation's prefix, our ids (`suffix`), the
+    outbox row's attempt counter (after Stripe saved an error under the previous key) and the
+    parameters' fingerprint (so a key is never reused with other parameters)."""
+    key = identifier(suffix)
+    if attempt:
+        key = f"{key}-a{attempt}"
+    if params is not None:
+        key = f"{key}-{fingerprint(params)}"
+    return key
 
 
 def _outside_transaction() -> None:
@@ -117,10 +155,16 @@ def _translate(exc: stripe.StripeError) -> StripeSyncError:
         )
     if isinstance(exc, stripe.CardError):
         return CardDeclined(message, code=code, http_status=status)
-    if isinstance(exc, stripe.IdempotencyError):
-        return PermanentStripeError(message, code="idempotency_error", http_status=status)
-    if status is None or status >= 500 or status == 409:
+    if status == 409:  # a request with the same key still in flight (or a lock): later
+        return TransientStripeError(message, code=code or "conflict", http_status=status)
+    if isinstance(exc, stripe.IdempotencyError):  # the key was used with other parameters
+        return TransientStripeError(
+            message, code="idempotency_error", http_status=status, saved=True
+        )
+    if status is None:
         return TransientStripeError(message, code=code, http_status=status)
+    if status >= 500:
+        return TransientStripeError(message, code=code, http_status=status, saved=True)
     return PermanentStripeError(message, code=code, http_status=status)
 
 
@@ -163,6 +207,33 @@ def from_epoch(seconds: int) -> datetime:
 
 def create_customer(*, params: dict[str, Any], key: str) -> dict[str, Any]:
     return _write(_client().v1.customers.create, params, key)
+
+
+def retrieve_customer(stripe_customer_id: str) -> dict[str, Any]:
+    return _plain(_call(_client().v1.customers.retrieve, stripe_customer_id))
+
+
+def set_default_payment_method(
+    stripe_customer_id: str, *, payment_method_id: str, key: str
+) -> dict[str, Any]:
+    """Make a payment method (attached to the customer) the one its invoices are charged to."""
+    return _write(
+        _client().v1.customers.update,
+        default_payment_method_params(payment_method_id),
+        key,
+        stripe_customer_id,
+    )
+
+
+def default_payment_method_params(payment_method_id: str) -> dict[str, Any]:
+    return {"invoice_settings": {"default_payment_method": payment_method_id}}
+
+
+def has_payment_method(stripe_customer: dict[str, Any]) -> bool:
+    """Whether Stripe can charge the customer's invoices: a default payment method for
+    invoices, or a default source."""
+    settings_ = stripe_customer.get("invoice_settings") or {}
+    return bool(settings_.get("default_payment_method") or stripe_customer.get("default_source"))
 
 
 def find_customer(*, customer_id: int) -> dict[str, Any] | None:
@@ -212,13 +283,18 @@ def finalize_invoice(
     )
 
 
+# The parameters of the two kinds of /pay (their keys carry these parameters' fingerprint).
+PAY: dict[str, Any] = {}
+PAY_OUT_OF_BAND: dict[str, Any] = {"paid_out_of_band": True}
+
+
 def pay_invoice(stripe_invoice_id: str, *, key: str, out_of_band: bool = False) -> dict[str, Any]:
     """Charge the invoice, or (out_of_band) record that it was paid outside Stripe."""
-    params = {"paid_out_of_band": True} if out_of_band else {}
+    params = dict(PAY_OUT_OF_BAND if out_of_band else PAY)
     return _write(_client().v1.invoices.pay, params, key, stripe_invoice_id)
 
 
-def void_invoice(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:
+def void_invoice(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:  # no parameters
     return _write(_client().v1.invoices.void_invoice, {}, key, stripe_invoice_id)
 
 
@@ -226,8 +302,29 @@ def mark_uncollectible(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:
     return _write(_client().v1.invoices.mark_uncollectible, {}, key, stripe_invoice_id)
 
 
-def send_invoice(stripe_invoice_id: str, *, key: str) -> dict[str, Any]:
-    return _write(_client().v1.invoices.send_invoice, {}, key, stripe_invoice_id)
+def payment_error(exc: StripeSyncError) -> str:
+    """Stripe's reason for a declined charge, as finance reads it."""
+    cause = exc.__cause__
+    error = getattr(cause, "error", None)
+    decline = getattr(error, "decline_code", None) if error is not None else None
+    message = getattr(cause, "user_message", None) or str(exc)
+    parts = [
+        message,
+        f"code {exc.code}" if exc.code else "",
+        f"decline {decline}" if decline else "",
+    ]
+    return "; ".join(p for p in parts if p)
+
+
+# --- Payment methods: Checkout in setup mode --------------------------------------------------
+
+
+def create_setup_session(*, params: dict[str, Any], key: str) -> dict[str, Any]:
+    return _write(_client().v1.checkout.sessions.create, params, key)
+
+
+def retrieve_setup_intent(setup_intent_id: str) -> dict[str, Any]:
+    return _plain(_call(_client().v1.setup_intents.retrieve, setup_intent_id))
 
 
 # --- Invoice items ----------------------------------------------------------------------------
@@ -247,28 +344,22 @@ def list_invoice_items(*, stripe_invoice_id: str | None = None) -> Iterator[dict
 # --- Billing meters ---------------------------------------------------------------------------
 
 
-def create_meter_event(
-    *,
-    event_name: str,
-    stripe_customer_id: str,
-    value: int,
-    identifier: str,
-    timestamp: datetime,
-) -> MeterEventResult:
-    """Send one meter event; a repeated identifier means it was delivered before."""
-    params = {
+def meter_event_params(
+    *, event_name: str, stripe_customer_id: str, value: int, identifier: str, timestamp: datetime
+) -> dict[str, Any]:
+    return {
         "event_name": event_name,
         "identifier": identifier,
         "timestamp": epoch(timestamp),
         "payload": {"stripe_customer_id": stripe_customer_id, "value": str(value)},
     }
-    try:
-        _write(_client().v1.billing.meter_events.create, params, identifier)
-    except PermanentStripeError as exc:
-        if exc.http_status == 400 and str(exc).find(DUPLICATE_METER_EVENT) != -1:
-            return MeterEventResult(identifier=identifier, duplicate=True)
-        raise
-    return MeterEventResult(identifier=identifier, duplicate=False)
+
+
+def create_meter_event(*, params: dict[str, Any], key: str) -> dict[str, Any]:
+    """Send one meter event (params from meter_event_params, as recorded before sending).
+    Whether a resend is needed is decided by the caller, from what it recorded: no answer of
+    Stripe is read as "delivered before"."""
+    return _write(_client().v1.billing.meter_events.create, params, key)
 
 
 def meter_ids_by_event_name() -> dict[str, str]:

@@ -23,7 +23,7 @@ from audit.services import record_audit
 from invoicing import tasks
 from invoicing.models import Invoice, InvoiceLine, StripeInvoiceSync
 from invoicing.services.invoices import TransitionNotAllowed
-from invoicing.stripe import client, outbox
+from invoicing.stripe import client, outbox, payment_methods
 from invoicing.stripe.customers import ensure_stripe_customer
 
 S = Invoice.Status
@@ -40,8 +40,28 @@ OURS_TO_STRIPE: dict[str, str] = {ours: theirs for theirs, ours in STRIPE_TO_OUR
 STRIPE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
 
 
-def _key(suffix: str) -> str:
-    return client.idempotency_key(suffix)
+# Stripe's limit of invoice items per invoice.
+MAX_INVOICE_ITEMS = 250
+AWAITING_REASON = (
+    "awaiting payment method: the Stripe customer has no default payment method, so the "
+    "invoice is open in Stripe and not charged; it is charged once the customer adds one "
+    "(portal billing page, or a Checkout link from the admin)"
+)
+
+
+def _key(suffix: str, sync: StripeInvoiceSync, params: dict[str, Any] | None = None) -> str:
+    return client.idempotency_key(suffix, attempt=sync.key_attempt, params=params)
+
+
+def carried_to_balance(stripe_invoice: dict[str, Any]) -> bool:
+    """Whether Stripe settled the invoice without charging it: below the currency's minimum
+    charge (marked paid, amount_paid 0, the amount due carried to the customer's balance) or
+    a negative total (credited to the balance). Not a payment: ours is not marked paid."""
+    if stripe_invoice.get("status") != "paid" or stripe_invoice.get("paid_out_of_band"):
+        return False
+    due = stripe_invoice.get("amount_due") or 0
+    paid = stripe_invoice.get("amount_paid") or 0
+    return paid < due or (stripe_invoice.get("total") or 0) < 0
 
 
 def _unresolved(sync: StripeInvoiceSync) -> str:
@@ -116,7 +136,11 @@ def _begin_invoice_sync(*, invoice_id: int, now: datetime) -> int | None:
         return None  # paid, voided or written off here before it ever reached Stripe
     if sync is None:
         sync = outbox.get_or_create_locked(StripeInvoiceSync, invoice=invoice)
-    if sync.status == StripeInvoiceSync.Status.DELIVERED and _stripe_behind(invoice, sync):
+    settled_here = (
+        StripeInvoiceSync.Status.DELIVERED,
+        StripeInvoiceSync.Status.AWAITING_PAYMENT_METHOD,
+    )
+    if sync.status in settled_here and _stripe_behind(invoice, sync):
         # Changed here after delivery: bring Stripe in line (new keys, a new 24-hour window).
         sync.status = StripeInvoiceSync.Status.PENDING
         sync.first_attempt_at = None
@@ -194,25 +218,34 @@ def _push_invoice(*, sync_id: int, now: datetime) -> None:
         pk=sync_id
     )
     invoice = sync.invoice
+    lines = list(invoice.lines.select_related("meter", "source_period").order_by("position", "pk"))
+    if len(lines) > MAX_INVOICE_ITEMS and not invoice.stripe_invoice_id:
+        raise client.PermanentStripeError(
+            f"invoice {invoice.number} has {len(lines)} lines; a Stripe invoice holds at most "
+            f"{MAX_INVOICE_ITEMS} items: not sent to Stripe (bill it locally, or credit and "
+            "reissue it in parts)",
+            code="too_many_lines",
+        )
     stripe_customer_id = ensure_stripe_customer(customer_id=invoice.customer_id, now=now)
 
     stripe_invoice_id = invoice.stripe_invoice_id
     if not stripe_invoice_id:
         found = None
-        if sync.attempts > 1:  # an earlier attempt may have created it and lost the answer
+        if sync.attempts > 1 or sync.key_attempt:  # an earlier attempt may have created it
             found = client.find_invoice(
                 stripe_customer_id=stripe_customer_id, invoice_id=invoice.pk
             )
-        obj = found or client.create_invoice(
-            params=_invoice_params(invoice, stripe_customer_id), key=_key(f"inv-{invoice.pk}")
-        )
+        if found is None:
+            params = _invoice_params(invoice, stripe_customer_id)
+            found = client.create_invoice(
+                params=params, key=_key(f"inv-{invoice.pk}", sync, params)
+            )
         stripe_invoice_id = _record_stripe_invoice(
             invoice_id=invoice.pk,
-            stripe_invoice_id=obj["id"],
+            stripe_invoice_id=found["id"],
             stripe_customer_id=stripe_customer_id,
         )
 
-    lines = list(invoice.lines.select_related("meter", "source_period").order_by("position", "pk"))
     ours = {str(line.pk) for line in lines}
     existing: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in client.list_invoice_items(stripe_invoice_id=stripe_invoice_id):
@@ -227,14 +260,13 @@ def _push_invoice(*, sync_id: int, now: datetime) -> None:
         )
     for line in lines:
         found_items = existing.get(str(line.pk))
-        item = (
-            found_items[0]
-            if found_items
-            else client.create_invoice_item(
-                params=_item_params(invoice, line, stripe_customer_id, stripe_invoice_id),
-                key=_key(f"inv-{invoice.pk}-item-{line.pk}"),
+        if found_items:
+            item = found_items[0]
+        else:
+            params = _item_params(invoice, line, stripe_customer_id, stripe_invoice_id)
+            item = client.create_invoice_item(
+                params=params, key=_key(f"inv-{invoice.pk}-item-{line.pk}", sync, params)
             )
-        )
         if line.stripe_invoice_item_id != item["id"]:
             _record_line_item(line_id=line.pk, stripe_invoice_item_id=item["id"])
 
@@ -248,43 +280,73 @@ def _push_invoice(*, sync_id: int, now: datetime) -> None:
                 f"{invoice.total_minor}: not finalized",
                 code="total_mismatch",
             )
-        if status == S.FINALIZED:
-            stripe_invoice = client.finalize_invoice(
-                stripe_invoice_id, key=_key(f"inv-{invoice.pk}-finalize")
-            )
-        else:  # finalized quietly (no collection), to be voided or settled just below
-            stripe_invoice = client.finalize_invoice(
-                stripe_invoice_id, key=_key(f"inv-{invoice.pk}-finalize-quiet"), auto_advance=False
-            )
-    payment_error = ""
+        # auto_advance: Stripe runs collection from now on (payment retries; for send_invoice
+        # the one e-mail with the hosted payment link, and its reminders: we never call /send).
+        # Without it, the invoice stays open and quiet, to be voided or settled just below.
+        collect = status == S.FINALIZED
+        suffix = f"inv-{invoice.pk}-finalize" + ("" if collect else "-quiet")
+        stripe_invoice = client.finalize_invoice(
+            stripe_invoice_id,
+            key=_key(suffix, sync, {"auto_advance": collect}),
+            auto_advance=collect,
+        )
     if status != S.FINALIZED:
-        stripe_invoice = _settle_in_stripe(invoice, status, stripe_invoice)
-    # Charge or send only what is still due here too (ours may be paid or void by now).
+        stripe_invoice = _settle_in_stripe(invoice, sync, status, stripe_invoice)
+    # Charge only what is still due here too (ours may be paid or void by now).
     collected = sync.collected_at is not None or status != S.FINALIZED
+    payment_failure = ""
+    awaiting = False
     if stripe_invoice["status"] == "open" and not collected:
         if settings.STRIPE_COLLECTION_METHOD == "charge_automatically":
-            try:
-                stripe_invoice = client.pay_invoice(
-                    stripe_invoice_id, key=_key(f"inv-{invoice.pk}-pay")
-                )
-            except client.CardDeclined as exc:  # Stripe keeps the invoice open and retries
-                payment_error = str(exc)
-        else:
-            stripe_invoice = client.send_invoice(
-                stripe_invoice_id, key=_key(f"inv-{invoice.pk}-send")
+            stripe_invoice, payment_failure, awaiting = _charge(
+                invoice, sync, stripe_invoice, stripe_customer_id, now=now
             )
-        collected = True
+        collected = not awaiting  # send_invoice: Stripe e-mailed it at finalization
     _record_delivered(
         sync_id=sync.pk,
         stripe_invoice=stripe_invoice,
         stripe_customer_id=stripe_customer_id,
-        payment_error=payment_error,
+        payment_failure=payment_failure,
+        awaiting=awaiting,
         collected=collected or stripe_invoice["status"] != "open",
         now=now,
     )
 
 
-def _settle_in_stripe(invoice: Invoice, status: str, stripe_invoice: dict[str, Any]) -> dict:
+def _charge(
+    invoice: Invoice,
+    sync: StripeInvoiceSync,
+    stripe_invoice: dict[str, Any],
+    stripe_customer_id: str,
+    *,
+    now: datetime,
+) -> tuple[dict[str, Any], str, bool]:
+    """Charge an open Stripe invoice to the customer's payment method: (the invoice as Stripe
+    answered, Stripe's reason if the charge was declined, whether it awaits a payment method).
+
+    Whether the customer has a payment method is asked of Stripe first, never read from an
+    error text: without one, the invoice awaits a method (charged once one is added). A
+    decline (402) is a payment failure, not a delivery failure: Stripe keeps the invoice open
+    and retries it by its own schedule."""
+    if not payment_methods.can_charge(stripe_customer_id, now=now):
+        return stripe_invoice, "", True
+    try:
+        paid = client.pay_invoice(
+            stripe_invoice["id"], key=_key(f"inv-{invoice.pk}-pay", sync, client.PAY)
+        )
+    except client.CardDeclined as exc:
+        return client.retrieve_invoice(stripe_invoice["id"]), client.payment_error(exc), False
+    except client.PermanentStripeError as exc:
+        # The method may have been detached since we asked: ask again, then decide.
+        if exc.http_status == 400 and not payment_methods.can_charge(stripe_customer_id, now=now):
+            return stripe_invoice, "", True
+        raise
+    return paid, "", False
+
+
+def _settle_in_stripe(
+    invoice: Invoice, sync: StripeInvoiceSync, status: str, stripe_invoice: dict[str, Any]
+) -> dict:
     """Give the Stripe invoice the status ours has (paid, void or uncollectible here)."""
     target, current = OURS_TO_STRIPE[status], stripe_invoice["status"]
     if current == target:
@@ -301,13 +363,17 @@ def _settle_in_stripe(invoice: Invoice, status: str, stripe_invoice: dict[str, A
         )
     stripe_id = stripe_invoice["id"]
     if target == "void":
-        return client.void_invoice(stripe_id, key=_key(f"inv-{invoice.pk}-void"))
+        return client.void_invoice(stripe_id, key=_key(f"inv-{invoice.pk}-void", sync, {}))
     if target == "paid":
         return client.pay_invoice(
-            stripe_id, key=_key(f"inv-{invoice.pk}-paid-out-of-band"), out_of_band=True
+            stripe_id,
+            key=_key(f"inv-{invoice.pk}-paid-out-of-band", sync, client.PAY_OUT_OF_BAND),
+            out_of_band=True,
         )
     # target "uncollectible", and Stripe's is open (uncollectible would equal the target)
-    return client.mark_uncollectible(stripe_id, key=_key(f"inv-{invoice.pk}-uncollectible"))
+    return client.mark_uncollectible(
+        stripe_id, key=_key(f"inv-{invoice.pk}-uncollectible", sync, {})
+    )
 
 
 @transaction.atomic
@@ -343,22 +409,30 @@ def _record_delivered(
     sync_id: int,
     stripe_invoice: dict[str, Any],
     stripe_customer_id: str,
-    payment_error: str,
+    payment_failure: str,
+    awaiting: bool,
     collected: bool,
     now: datetime,
 ) -> None:
     sync = StripeInvoiceSync.objects.select_for_update().get(pk=sync_id)
     invoice = Invoice.objects.select_related("customer").get(pk=sync.invoice_id)
-    if sync.status == StripeInvoiceSync.Status.DELIVERED:
+    if sync.status != StripeInvoiceSync.Status.PENDING:
         return
     hosted_url = stripe_invoice.get("hosted_invoice_url") or ""
     if hosted_url.startswith("https://") and invoice.stripe_hosted_invoice_url != hosted_url:
         invoice.stripe_hosted_invoice_url = hosted_url
         invoice.save(update_fields=["stripe_hosted_invoice_url", "updated_at"])
-    sync.status = StripeInvoiceSync.Status.DELIVERED
+    sync.status = (
+        StripeInvoiceSync.Status.AWAITING_PAYMENT_METHOD
+        if awaiting
+        else StripeInvoiceSync.Status.DELIVERED
+    )
     sync.delivered_at = now
     sync.collected_at = sync.collected_at or (now if collected else None)
-    sync.last_error = f"payment failed: {payment_error}" if payment_error else ""
+    sync.last_error = AWAITING_REASON if awaiting else ""
+    if payment_failure or not awaiting:
+        sync.payment_failure = payment_failure
+    record_amounts(sync, stripe_invoice)
     # Webhooks, which carry Stripe's time, take precedence, unless this answer is further along.
     if sync.stripe_status_at is None or (
         STRIPE_STATUS_RANK.get(stripe_invoice["status"], -1)
@@ -379,10 +453,23 @@ def _record_delivered(
             "stripe_invoice_items": dict(
                 invoice.lines.order_by("position").values_list("pk", "stripe_invoice_item_id")
             ),
-            "payment_error": payment_error,
+            "payment_failure": payment_failure,
+            "awaiting_payment_method": awaiting,
+            "amount_due": sync.amount_due,
+            "amount_paid": sync.amount_paid,
+            "ending_balance": sync.ending_balance,
+            "carried_to_balance": carried_to_balance(stripe_invoice),
             "attempts": sync.attempts,
         },
     )
+
+
+def record_amounts(sync: StripeInvoiceSync, stripe_invoice: dict[str, Any]) -> None:
+    """Keep the Stripe invoice's amounts as seen on the (locked) sync; the caller saves."""
+    for name in ("amount_due", "amount_paid", "starting_balance", "ending_balance"):
+        value = stripe_invoice.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(sync, name, value)
 
 
 @transaction.atomic
@@ -430,14 +517,28 @@ def resume_deliveries(*, now: datetime) -> int:
 
 
 @transaction.atomic
-def record_stripe_status(*, invoice_id: int, stripe_status: str, at: datetime) -> None:
+def record_stripe_status(
+    *,
+    invoice_id: int,
+    stripe_status: str,
+    at: datetime,
+    stripe_invoice: dict[str, Any] | None = None,
+) -> None:
     """Keep a webhook's word on the Stripe invoice's status (Stripe's time `at`) on the
     invoice's delivery, if it is newer than what the delivery recorded."""
     sync = StripeInvoiceSync.objects.select_for_update().filter(invoice_id=invoice_id).first()
     if sync is not None and _later_stripe_status(sync, stripe_status, at):
         sync.stripe_status = stripe_status
         sync.stripe_status_at = at
-        sync.save(update_fields=["stripe_status", "stripe_status_at", "updated_at"])
+        if stripe_invoice is not None:
+            record_amounts(sync, stripe_invoice)
+        if (
+            sync.status == StripeInvoiceSync.Status.AWAITING_PAYMENT_METHOD
+            and stripe_status != "open"
+        ):  # paid on Stripe's page, voided or written off there: nothing awaits any more
+            sync.status = StripeInvoiceSync.Status.DELIVERED
+            sync.last_error = ""
+        sync.save()
 
 
 def _later_stripe_status(sync: StripeInvoiceSync, stripe_status: str, created: datetime) -> bool:

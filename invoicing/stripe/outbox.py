@@ -8,6 +8,15 @@
 A crash between 2 and 3 is repaired by the next run: the same key makes Stripe replay its first
 answer (keys live at least 24 hours), and lookups find what an earlier run created even later
 (the customer's invoices by our invoice id in metadata, the invoice's items by our line id).
+
+Stripe saves the first answer under a key once the endpoint started executing, errors too: a
+500 retried under the same key stays a 500 for a day. So every key carries the row's attempt
+counter (`key_attempt`), bumped when Stripe answered with a saved error (`saved` on the
+TransientStripeError) and when finance staff retry a row: the next run looks the object up
+first (as after a lost answer) and, only if it is not there, writes under the new key. A lost
+answer (connection error, timeout) keeps the key: Stripe replays what it did, or runs it now.
+Keys also carry the parameters' fingerprint (client.idempotency_key), so a key is never sent
+with other parameters (a customer re-linked meanwhile, say).
 Transient errors propagate as TransientStripeError for the Celery task to retry with backoff
 (`retry_delay`); permanent ones are recorded (status `failed`). A row still unresolved
 RESEND_WINDOW after its first attempt is flagged `needs_attention` and is not resent until
@@ -28,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from invoicing.stripe import client
@@ -107,21 +116,24 @@ def begin(outbox: Outbox, row: Any, *, now: datetime) -> bool:
 def attempt(outbox: Outbox, *, row_id: int, send: Callable[[], None]) -> str:
     """Steps 2 and 3: `send()` calls Stripe and records the answer. A transient error is noted
     on the row and raised again (the task retries); a permanent one fails the row. Returns the
-    row's status: done or failed."""
+    row's status: done, failed, or what `send` recorded."""
     try:
         send()
     except client.TransientStripeError as exc:
-        _note_error(outbox, row_id=row_id, error=str(exc))
+        _note_error(outbox, row_id=row_id, error=str(exc), new_key=exc.saved)
         raise
     except client.PermanentStripeError as exc:
         _fail(outbox, row_id=row_id, error=exc)
         return FAILED
-    return outbox.done
+    # Done, or a state of its own that `send` recorded (a delivery awaiting a payment method).
+    return outbox.model._default_manager.values_list("status", flat=True).get(pk=row_id)
 
 
 @transaction.atomic
-def _note_error(outbox: Outbox, *, row_id: int, error: str) -> None:
+def _note_error(outbox: Outbox, *, row_id: int, error: str, new_key: bool = False) -> None:
     changes: dict[str, Any] = {"last_error": error}
+    if new_key:
+        changes["key_attempt"] = F("key_attempt") + 1
     if "updated_at" in outbox.fields():
         changes["updated_at"] = timezone.now()
     outbox.model._default_manager.filter(pk=row_id).update(**changes)
@@ -145,8 +157,16 @@ def reopen(outbox: Outbox, row: Any, *, now: datetime) -> str | None:
     before = row.status
     row.status = PENDING
     row.first_attempt_at = now if row.first_attempt_at else None
-    row.save(update_fields=outbox.fields("status", "first_attempt_at"))
+    # Stripe may hold a refusal under the old keys: the rerun looks up, then uses new ones.
+    row.key_attempt += 1
+    row.save(update_fields=outbox.fields("status", "first_attempt_at", "key_attempt"))
     return before
+
+
+def bump_key(model: type[models.Model], *, row_id: int) -> None:
+    """Move a row to new idempotency keys (Stripe saved an error under the current ones)."""
+    with transaction.atomic():
+        model._default_manager.filter(pk=row_id).update(key_attempt=F("key_attempt") + 1)
 
 
 def stale(outbox: Outbox, *, now: datetime) -> models.QuerySet:

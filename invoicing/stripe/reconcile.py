@@ -2,6 +2,14 @@
 
 Called by the Stripe backend's `reconcile` (invoicing.services.reconcile, `manage.py
 reconcile`); each difference is one line of text, [] when the books agree.
+
+An invoice is compared on its total, currency, status, items, and on what Stripe did with it:
+`amount_due`, `amount_paid` and the balance it left (`ending_balance`) against what the
+delivery recorded. An invoice Stripe settled without a charge (below the minimum charge, or a
+credit: "paid" with amount_paid 0, carried to the customer's balance) is finalized here, not
+paid, and that is no difference. Each linked customer's Stripe balance is compared with the
+balance its latest finalized Stripe invoice left. A delivery awaiting a payment method is a
+known state (open in Stripe, finalized here), not a difference.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from django.db.models import Max, Min, Q, Sum
 
 from invoicing.models import Invoice, StripeCustomer, StripeInvoiceSync, UsageReport
 from invoicing.stripe import client
-from invoicing.stripe.invoices import OURS_TO_STRIPE
+from invoicing.stripe.invoices import OURS_TO_STRIPE, carried_to_balance
 from metering.models import Customer
 
 S = Invoice.Status
@@ -51,10 +59,15 @@ def _reconcile_invoices() -> list[str]:
         if item.get("invoice"):
             items_of[item["invoice"]].append(item)
 
+    problems += _reconcile_balances(theirs)
     for invoice in ours:
         label = f"stripe: invoice {invoice.number or invoice.pk}"
         sync = getattr(invoice, "stripe_sync", None)
-        if sync is not None and sync.status != StripeInvoiceSync.Status.DELIVERED:
+        known = (
+            StripeInvoiceSync.Status.DELIVERED,
+            StripeInvoiceSync.Status.AWAITING_PAYMENT_METHOD,
+        )
+        if sync is not None and sync.status not in known:
             problems.append(f"{label}: delivery {sync.status} ({sync.last_error or 'no error'})")
         if len(copies.get(str(invoice.pk), [])) > 1:
             problems.append(
@@ -76,10 +89,21 @@ def _reconcile_invoices() -> list[str]:
                 f"{label}: Stripe currency {stripe_invoice.get('currency')} != ours "
                 f"{invoice.currency}"
             )
-        if stripe_invoice.get("status") != OURS_TO_STRIPE.get(invoice.status):
+        settled_without_charge = invoice.status == S.FINALIZED and carried_to_balance(
+            stripe_invoice
+        )
+        if (
+            stripe_invoice.get("status") != OURS_TO_STRIPE.get(invoice.status)
+            and not settled_without_charge
+        ):
             problems.append(
                 f"{label}: Stripe status {stripe_invoice.get('status')}, ours {invoice.status}"
             )
+        if sync is not None and sync.amount_due is not None:
+            for name in ("amount_due", "amount_paid", "ending_balance"):
+                recorded, actual = getattr(sync, name), stripe_invoice.get(name)
+                if recorded is not None and recorded != actual:
+                    problems.append(f"{label}: Stripe {name} {actual} != recorded {recorded}")
         by_line: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for item in items_of.get(invoice.stripe_invoice_id, []):
             by_line[(item.get("metadata") or {}).get("line_id", "")].append(item)
@@ -100,6 +124,34 @@ def _reconcile_invoices() -> list[str]:
                 problems.append(
                     f"{label}: Stripe item {item['id']} ({item.get('amount')}) is none of our lines"
                 )
+    return problems
+
+
+def _reconcile_balances(theirs: dict[str, dict[str, Any]]) -> list[str]:
+    """Each linked customer's Stripe balance against the one its latest finalized Stripe
+    invoice left (what was carried or credited, as Stripe's invoices say)."""
+
+    def order(inv: dict[str, Any]) -> tuple[int, int, str]:
+        finalized = (inv.get("status_transitions") or {}).get("finalized_at") or 0
+        return (finalized, inv.get("created") or 0, inv["id"])
+
+    latest: dict[str, dict[str, Any]] = {}
+    for inv in sorted(theirs.values(), key=order):
+        if inv.get("status") not in ("draft", None) and inv.get("ending_balance") is not None:
+            latest[inv["customer"]] = inv
+    problems = []
+    links = StripeCustomer.objects.filter(stripe_customer_id__in=list(latest)).select_related(
+        "customer"
+    )
+    for link in links.order_by("pk"):
+        assert link.stripe_customer_id is not None
+        balance = client.retrieve_customer(link.stripe_customer_id).get("balance")
+        expected = latest[link.stripe_customer_id]["ending_balance"]
+        if balance != expected:
+            problems.append(
+                f"stripe: customer {link.customer.external_id}: Stripe balance {balance} != "
+                f"{expected} left by invoice {latest[link.stripe_customer_id]['id']}"
+            )
     return problems
 
 

@@ -4,9 +4,20 @@ once, as a meter event per report row written before it is sent.
 `STRIPE_USAGE_REPORTING=close` reports each aggregate billed at a period close;
 `realtime` reports the events of additive meters (sum, count) as they arrive, in batches
 behind a watermark over event ids, and leaves the others to the close. A report is an
-outbox row (UsageReport, invoicing.stripe.outbox); its meter-event identifier, derived from
-the row, makes a resend of the same report a duplicate that Stripe refuses, and a duplicate
-counts as delivered.
+outbox row (UsageReport, invoicing.stripe.outbox); its meter-event identifier derives from
+the row.
+
+What is sent is decided here, from what the row records, never from an answer's text: the
+parameters are recorded (`sent_params`) before the first send and every resend sends exactly
+them. Stripe keeps an identifier at least 24 hours (its documented contract), so within the
+resend window a resend after a lost answer or a saved 500 cannot count twice; a refusal of a
+resend (which an earlier attempt may have delivered) is flagged for finance staff, not read as
+"delivered". Past the window nothing is resent automatically (outbox.RESEND_WINDOW).
+
+Timestamps: Stripe takes meter events at most 35 days old. A report's timestamp is set so it
+stays valid for the whole retry horizon (METER_EVENT_MAX_AGE leaves the resend window and a
+margin); a report whose timestamp would be refused by the time it is sent is flagged, with the
+reason, instead of being sent to fail.
 """
 
 from __future__ import annotations
@@ -29,8 +40,13 @@ from invoicing.stripe.customers import ensure_stripe_customer
 from metering import aggregation, aggregations
 from metering.models import Meter, UsageAggregate, UsageEvent
 
-# Meter events may be at most 35 days old (Stripe); keep a margin for sending delays.
-METER_EVENT_MAX_AGE = timedelta(days=35) - timedelta(hours=1)
+# Stripe takes meter events at most this old.
+STRIPE_METER_EVENT_AGE = timedelta(days=35)
+# A new report's timestamp is at most this old, so every retry in the resend window (and a
+# margin for queueing) still falls within Stripe's 35 days.
+METER_EVENT_MAX_AGE = STRIPE_METER_EVENT_AGE - outbox.RESEND_WINDOW - timedelta(hours=1)
+# Closer than this to Stripe's limit, a report is flagged instead of sent.
+SEND_MARGIN = timedelta(minutes=5)
 # Realtime discovery looks this far back before the previous run's cutoff.
 REALTIME_LOOKBACK = timedelta(hours=1)
 
@@ -48,8 +64,8 @@ REPORTS = outbox.Outbox(model=UsageReport, done=UsageReport.Status.SENT, unresol
 
 
 def report_identifier(report: UsageReport) -> str:
-    """The meter event's identifier (and idempotency key), derived from the report row."""
-    return client.idempotency_key(f"usage-{report.pk}")
+    """The meter event's identifier, derived from the report row."""
+    return client.identifier(f"usage-{report.pk}")
 
 
 def after_periods_closed(*, closed_period_ids: list[int]) -> None:
@@ -282,7 +298,7 @@ def _queue_sends(report_ids: list[int]) -> None:
 
 
 def send_usage_report(*, report_id: int, now: datetime | None = None) -> str | None:
-    """Send one report as a meter event; a duplicate identifier counts as delivered.
+    """Send one report as a meter event.
 
     Returns the report's status, or None if there was nothing to do. Raises
     TransientStripeError (a ConnectionError) for the task to retry.
@@ -298,21 +314,64 @@ def send_usage_report(*, report_id: int, now: datetime | None = None) -> str | N
 
 
 def _send(report: UsageReport, *, now: datetime) -> None:
-    stripe_customer_id = ensure_stripe_customer(customer_id=report.customer_id, now=now)
-    result = client.create_meter_event(
-        event_name=report.event_name,
-        stripe_customer_id=stripe_customer_id,
-        value=report.value,
-        identifier=report_identifier(report),
-        timestamp=report.timestamp,
+    params = report.sent_params
+    if not params:
+        stripe_customer_id = ensure_stripe_customer(customer_id=report.customer_id, now=now)
+        params = client.meter_event_params(
+            event_name=report.event_name,
+            stripe_customer_id=stripe_customer_id,
+            value=report.value,
+            identifier=report_identifier(report),
+            timestamp=report.timestamp,
+        )
+        _record_params(report_id=report.pk, params=params)
+    key = client.idempotency_key(f"usage-{report.pk}", attempt=report.key_attempt, params=params)
+    try:
+        client.create_meter_event(params=params, key=key)
+    except client.PermanentStripeError as exc:
+        if report.attempts > 1:  # an earlier attempt may have delivered it
+            _flag(
+                report_id=report.pk,
+                reason=(
+                    f"Stripe refused a resend of identifier {params['identifier']} ({exc}), "
+                    "which an earlier attempt (its answer lost) may have delivered: check the "
+                    "meter's usage in Stripe, then mark it delivered or retry"
+                ),
+            )
+            return
+        raise
+    _record_report_sent(report_id=report.pk, now=now)
+
+
+@transaction.atomic
+def _record_params(*, report_id: int, params: dict[str, Any]) -> None:
+    UsageReport.objects.filter(pk=report_id, sent_params={}).update(sent_params=params)
+
+
+@transaction.atomic
+def _flag(*, report_id: int, reason: str) -> None:
+    UsageReport.objects.filter(pk=report_id).exclude(status=UsageReport.Status.SENT).update(
+        status=UsageReport.Status.NEEDS_ATTENTION, last_error=reason
     )
-    note = "Stripe already had this identifier: delivered before" if result.duplicate else ""
-    _record_report_sent(report_id=report.pk, now=now, note=note)
+
+
+def _too_old(report: UsageReport, now: datetime) -> bool:
+    """Whether Stripe would refuse the report's timestamp now (35 days, with a margin)."""
+    return report.timestamp < now - STRIPE_METER_EVENT_AGE + SEND_MARGIN
 
 
 @transaction.atomic
 def _begin_report(*, report_id: int, now: datetime) -> UsageReport | None:
     report = UsageReport.objects.select_for_update().get(pk=report_id)
+    if report.status == UsageReport.Status.PENDING and report.value and _too_old(report, now):
+        report.status = UsageReport.Status.NEEDS_ATTENTION
+        report.last_error = (
+            f"its timestamp {report.timestamp:%Y-%m-%d %H:%M} UTC is older than Stripe's 35 "
+            "days now: not sent (Stripe would refuse it). Report the usage by hand (a meter "
+            "event adjustment or a later event), then mark it delivered"
+        )
+        report.save(update_fields=["status", "last_error"])
+        return None
     return report if outbox.begin(REPORTS, report, now=now) else None
 
 

@@ -12,6 +12,11 @@ the object records why (`detail`) and changes nothing else.
 
 A handler gets the stored row and the event's object (storable strings only), runs in the
 transaction that stores the row, and sets the row's `outcome` (and `detail`, `invoice`).
+
+Stripe's v2 "thin" events (`"object": "v2.core.event"`: an RFC 3339 `created`, no `data`, a
+`related_object` naming what it is about), such as `v1.billing.meter.error_report_triggered`,
+arrive at the same endpoint: stored and acknowledged the same way; meter error reports are
+kept with the meter they name, for finance staff (admin: Stripe webhook events).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -31,8 +36,13 @@ from django.utils import timezone
 from audit.services import record_audit
 from invoicing.models import Invoice, StripeWebhookEvent
 from invoicing.services import invoices as our_invoices
-from invoicing.stripe import client
-from invoicing.stripe.invoices import STRIPE_STATUS_RANK, STRIPE_TO_OURS, record_stripe_status
+from invoicing.stripe import client, payment_methods
+from invoicing.stripe.invoices import (
+    STRIPE_STATUS_RANK,
+    STRIPE_TO_OURS,
+    carried_to_balance,
+    record_stripe_status,
+)
 
 S = Invoice.Status
 VOID_REASON = "voided in Stripe"
@@ -100,8 +110,10 @@ def parse_event(event: Any, *, now: datetime) -> Envelope:
     the copy that is stored and handed to the handler."""
     if not isinstance(event, dict):
         raise client.InvalidWebhook("the event is not a JSON object")
+    if event.get("object") == THIN_OBJECT:
+        return _parse_thin_event(event, now=now)
     if event.get("object", "event") != "event":
-        raise client.InvalidWebhook('the event\'s "object" is not "event"')
+        raise client.InvalidWebhook('the event\'s "object" is neither "event" nor "v2.core.event"')
     event_id = _text(event.get("id"), name="id", limit=EVENT_ID_MAX)
     type_ = _text(event.get("type"), name="type", limit=TYPE_MAX)
     created = event.get("created")
@@ -123,6 +135,42 @@ def parse_event(event: Any, *, now: datetime) -> Envelope:
         created=client.from_epoch(created),
         livemode=livemode,
         obj=payload["data"]["object"],
+        payload=payload,
+        replaced=payload != event,
+    )
+
+
+THIN_OBJECT = "v2.core.event"
+
+
+def _parse_thin_event(event: dict[str, Any], *, now: datetime) -> Envelope:
+    """A v2 thin event: its `related_object` stands in for data.object (stored as it came)."""
+    event_id = _text(event.get("id"), name="id", limit=EVENT_ID_MAX)
+    type_ = _text(event.get("type"), name="type", limit=TYPE_MAX)
+    created_text = event.get("created")
+    if not isinstance(created_text, str):
+        raise client.InvalidWebhook("created is not an RFC 3339 time")
+    try:
+        created = datetime.fromisoformat(created_text.replace("Z", "+00:00"))
+    except ValueError:
+        raise client.InvalidWebhook("created is not an RFC 3339 time") from None
+    if created.tzinfo is None:
+        raise client.InvalidWebhook("created has no offset")
+    if created > now + timedelta(seconds=settings.STRIPE_WEBHOOK_TOLERANCE):
+        raise client.InvalidWebhook("created is not a time at which Stripe can have sent it")
+    livemode = event.get("livemode", False)
+    if not isinstance(livemode, bool):
+        raise client.InvalidWebhook("livemode is not true or false")
+    related = event.get("related_object")
+    if related is not None and not isinstance(related, dict):
+        raise client.InvalidWebhook("related_object is not a JSON object")
+    payload = _storable(event, depth=0)
+    return Envelope(
+        event_id=event_id,
+        type=type_,
+        created=created.astimezone(UTC),
+        livemode=livemode,
+        obj=payload.get("related_object") or {},
         payload=payload,
         replaced=payload != event,
     )
@@ -278,11 +326,22 @@ def apply_invoice_event(row: StripeWebhookEvent, obj: dict[str, Any]) -> None:
         theirs = snapshot.stripe_invoice_id
         row.detail = f"ours is {invoice.stripe_invoice_id} in Stripe, not {theirs}"
         return
-    record_stripe_status(invoice_id=invoice.pk, stripe_status=stripe_status, at=row.created)
+    record_stripe_status(
+        invoice_id=invoice.pk, stripe_status=stripe_status, at=row.created, stripe_invoice=obj
+    )
     before = invoice.status
     target = STRIPE_TO_OURS.get(stripe_status)
     if invoice.status == S.DRAFT:
         row.detail = "ours is still a draft: only we finalize"
+    elif target == S.PAID and carried_to_balance(obj):
+        # Below the minimum charge (or a credit): Stripe marks it paid without a charge and
+        # carries the amount to the customer's balance. Not a payment: ours stays as it is.
+        row.outcome = StripeWebhookEvent.Outcome.UNCHANGED
+        row.detail = (
+            f"Stripe settled it without a charge (amount due {obj.get('amount_due')}, paid "
+            f"{obj.get('amount_paid')}): carried to the customer's balance, ending balance "
+            f"{obj.get('ending_balance')}"
+        )
     elif target is None or target == invoice.status:
         row.outcome = StripeWebhookEvent.Outcome.UNCHANGED
     elif target in our_invoices.ALLOWED[invoice.status]:
@@ -316,6 +375,21 @@ def apply_invoice_event(row: StripeWebhookEvent, obj: dict[str, Any]) -> None:
     )
 
 
+# --- Thin events: meter errors ----------------------------------------------------------------
+
+
+def apply_meter_error_report(row: StripeWebhookEvent, related: dict[str, Any]) -> None:
+    """Stripe found errors in meter events we sent (a thin event: the details are Stripe's to
+    fetch). Kept for finance staff with the meter it names; usage reconcile shows the gap."""
+    meter = stripe_id(related.get("id")) or "?"
+    row.outcome = StripeWebhookEvent.Outcome.APPLIED
+    row.detail = (
+        f"Stripe reports errors in meter events of meter {meter} ({row.type}): open the "
+        "meter in the Stripe dashboard for the error summary; `reconcile` compares what we "
+        "reported with Stripe's totals"
+    )
+
+
 # Event type -> what it does here. Every invoice event carries the invoice's snapshot, and the
 # snapshot's status decides (apply_invoice_event), so they share one handler.
 HANDLERS: dict[str, Handler] = {
@@ -324,4 +398,9 @@ HANDLERS: dict[str, Handler] = {
     "invoice.payment_failed": apply_invoice_event,
     "invoice.voided": apply_invoice_event,
     "invoice.marked_uncollectible": apply_invoice_event,
+    "checkout.session.completed": payment_methods.apply_checkout_completed,
+    "setup_intent.succeeded": payment_methods.apply_setup_intent_succeeded,
+    "customer.updated": payment_methods.apply_customer_updated,
+    "v1.billing.meter.error_report_triggered": apply_meter_error_report,
+    "v1.billing.meter.no_meter_found": apply_meter_error_report,
 }

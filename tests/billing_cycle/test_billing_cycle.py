@@ -63,6 +63,7 @@ def test_close_periods_twice_with_no_worker_delivers_to_stripe(
     settings.BILLING_BACKEND = "stripe"
     settings.STRIPE_KEY_PREFIX = "cycle"
     settings.STRIPE_USAGE_REPORTING = "off"
+    fake_stripe.cards_for_new_customers = True
     record(usage_events(), now=T0 + timedelta(minutes=20))
     first = BillingPeriod.objects.get(start=T0)
 
@@ -140,6 +141,7 @@ def test_a_failed_delivery_is_printed_and_the_command_fails(
     settings.BILLING_BACKEND = "stripe"
     settings.STRIPE_KEY_PREFIX = "cycle"
     settings.BILLING_REVIEW_PERIOD = 0
+    fake_stripe.cards_for_new_customers = True
     record(usage_events(), now=T0 + timedelta(minutes=20))
     fake_stripe.inject("500", path=r"/v1/customers", times=1)
 

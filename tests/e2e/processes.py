@@ -394,6 +394,9 @@ def fake_stripe_running() -> Iterator:
     from tests.fake_stripe import FakeStripe
 
     fake = FakeStripe().start()
+    # The fleet's customers have a card on file; the story test turns this off for its
+    # customer without one (tests/e2e/test_stripe_story.py).
+    fake.cards_for_new_customers = True
     try:
         yield fake
     finally:

@@ -37,6 +37,9 @@ def stripe_backend(settings, fake_stripe):  # noqa: F811
     settings.STRIPE_KEY_PREFIX = "test"
     settings.BILLING_GRACE_PERIOD = 0
     settings.BILLING_REVIEW_PERIOD = 0
+    # Customers with a card on file (the Checkout flow is tested on its own, test_stripe_
+    # payment_methods); a customer without one awaits a payment method.
+    fake_stripe.cards_for_new_customers = True
     return fake_stripe
 
 

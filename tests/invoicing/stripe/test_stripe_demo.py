@@ -28,6 +28,7 @@ def test_demo_period_closes_into_stripe_and_a_paid_webhook_settles_it(
     settings.STRIPE_KEY_PREFIX = "demo"
     settings.BILLING_GRACE_PERIOD = 0
     settings.BILLING_REVIEW_PERIOD = 0
+    fake_stripe.cards_for_new_customers = True  # the demo customers added a card already
     # seed_demo joins the Finance group a migration creates; a transactional test before this
     # one may have flushed it.
     Group.objects.get_or_create(name="Finance")

@@ -64,13 +64,15 @@ def test_finalized_invoice_is_one_stripe_invoice_with_one_item_per_line(draft_in
     # exactly these writes, each with the key derived from our ids
     link = StripeCustomer.objects.get(customer=invoice.customer)
     line_ids = [line.pk for line in invoice.lines.order_by("position")]
-    assert posts(fake_stripe) == [
+    # (the key: our ids, then the fingerprint of the parameters sent under it)
+    assert [(path, key.rsplit("-", 1)[0]) for path, key in posts(fake_stripe)] == [
         ("/v1/customers", f"test-cus-{invoice.customer_id}"),
         ("/v1/invoices", f"test-inv-{invoice.pk}"),
         *[("/v1/invoiceitems", f"test-inv-{invoice.pk}-item-{pk}") for pk in line_ids],
         (f"/v1/invoices/{invoice.stripe_invoice_id}/finalize", f"test-inv-{invoice.pk}-finalize"),
         (f"/v1/invoices/{invoice.stripe_invoice_id}/pay", f"test-inv-{invoice.pk}-pay"),
     ]
+    assert all(r.stripe_version == "2026-10-28.endive" for r in fake_stripe.requests)
     customer = fake_stripe.customers[link.stripe_customer_id]
     assert customer["metadata"] == {"customer_id": str(invoice.customer_id), "external_id": "acme"}
     sync = StripeInvoiceSync.objects.get(invoice=invoice)
@@ -101,6 +103,10 @@ def test_send_invoice_collection_sends_it_once(draft_invoice, fake_stripe, setti
     stripe_invoices.deliver_invoice(invoice_id=invoice.pk)
     assert fake_stripe.emails_sent == {stripe_invoice["id"]: 1}
     assert fake_stripe.requests_to("POST", r"/v1/invoices/.*/pay") == []
+    # one path: Stripe e-mails it when finalized with auto_advance; we never call /send
+    assert fake_stripe.requests_to("POST", r"/v1/invoices/.*/send") == []
+    [finalized] = fake_stripe.requests_to("POST", r"/v1/invoices/.*/finalize")
+    assert finalized.params == {"auto_advance": "true"}
 
 
 def test_cap_credit_line_is_a_negative_item(draft_invoice, fake_stripe):
@@ -123,19 +129,24 @@ def test_cap_credit_line_is_a_negative_item(draft_invoice, fake_stripe):
     assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
 
 
-# (fault, request it hits, how many times that write is sent in all). A fault answered before
-# Stripe applied anything (500, 429) is resent under the same key; after a write was applied
-# and its answer lost (timeout, reset), the retry finds it (the invoice by its metadata, the
-# items by line, the status before finalizing or paying) or Stripe replays the first answer.
+# (fault, request it hits, how many times that write is sent under the faulted key). A 429 is
+# refused before the endpoint runs (nothing saved): resent under the same key. A 500 is saved
+# under its key by Stripe (replayed for a day): the retry looks up, then writes under a new
+# attempt key, once. After a write was applied and its answer lost (timeout, reset), the retry
+# finds it (the invoice by its metadata, the items by line, the status before finalizing or
+# paying) or Stripe replays the first answer.
 FAULTS = [
-    ("500", r"/v1/invoiceitems", 2),
+    ("500", r"/v1/invoiceitems", 1),
     ("429", r"/v1/invoiceitems", 2),
     ("timeout", r"/v1/invoiceitems", 1),
     ("reset", r"/v1/invoiceitems", 1),
     ("reset", r"/v1/customers", 2),
     ("timeout", r"/v1/invoices", 1),
     ("reset", r"/v1/invoices", 1),
-    ("500", r"/v1/invoices/.*/finalize", 2),
+    ("500", r"/v1/invoices/.*/finalize", 1),
+    ("500", r"/v1/customers", 1),
+    ("500", r"/v1/invoices", 1),
+    ("500", r"/v1/invoices/.*/pay", 1),
     ("reset", r"/v1/invoices/.*/finalize", 1),
     ("timeout", r"/v1/invoices/.*/pay", 1),
     ("reset", r"/v1/invoices/.*/pay", 1),
@@ -163,6 +174,15 @@ def test_each_fault_then_retry_ends_with_exactly_our_invoice(
     assert len(same_key) == sent
     applied_first = kind in {"timeout", "reset"}
     assert [r.replayed for r in same_key] == [False] + [applied_first] * (sent - 1)
+    if kind == "500":  # resent once under the next attempt's key, and done
+        [resent] = [
+            r
+            for r in fake_stripe.requests
+            if r.path == faulted.path
+            and r.params == faulted.params
+            and r.idempotency_key != faulted.idempotency_key
+        ]
+        assert "-a1-" in resent.idempotency_key and resent.status == 200
     sync = StripeInvoiceSync.objects.get(invoice=invoice)
     assert (sync.status, sync.attempts) == ("delivered", 2)
 
@@ -284,7 +304,10 @@ def test_declined_card_leaves_the_invoice_open_and_delivered(draft_invoice, fake
     [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
     assert stripe_invoice["status"] == "open"  # Stripe keeps collecting
     sync = StripeInvoiceSync.objects.get(invoice=invoice)
-    assert sync.status == "delivered" and "card was declined" in sync.last_error
+    # a payment failure with Stripe's reason, not a delivery failure
+    assert sync.status == "delivered" and sync.last_error == ""
+    assert "card was declined" in sync.payment_failure
+    assert "card_declined" in sync.payment_failure and "generic_decline" in sync.payment_failure
     assert len(fake_stripe.requests_to("POST", r"/v1/invoices/.*/pay")) == 1
     assert invoice.status == "finalized"
 
@@ -348,3 +371,73 @@ def test_a_delivery_left_pending_by_a_lost_worker_is_resumed_once_stale(
     assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(draft_invoice)
     assert len(fake_stripe.invoice_items) == draft_invoice.lines.count()
     assert tasks.stripe_resume_sync.apply().result == {"invoices": 0, "usage_reports": 0}
+
+
+def test_a_key_in_flight_is_retried_later_and_the_invoice_created_once(draft_invoice, fake_stripe):
+    # Stripe is still creating the invoice when our client gives up (0.5 s); the immediate
+    # retry finds nothing yet and resends under the same key: 409, transient. Later, the same
+    # key replays the creation.
+    fake_stripe.inject("slow", path=r"/v1/invoices", delay=1.5)
+    with pytest.raises(Retry):
+        finalize(draft_invoice)
+    with pytest.raises(Retry):
+        tasks.deliver_invoice.apply(args=[draft_invoice.pk], throw=True)
+    [conflict] = [r for r in fake_stripe.requests if r.status == 409]
+    assert conflict.path == "/v1/invoices"
+    sync = StripeInvoiceSync.objects.get(invoice=draft_invoice)
+    assert sync.status == "pending" and sync.key_attempt == 0  # 409 saves nothing: same key
+    deadline = timezone.now() + timedelta(seconds=5)
+    while fake_stripe.in_flight and timezone.now() < deadline:
+        pass
+    tasks.deliver_invoice.apply(args=[draft_invoice.pk])
+    invoice = Invoice.objects.get(pk=draft_invoice.pk)
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_invoice["status"] == "paid"
+    assert StripeInvoiceSync.objects.get(invoice=invoice).status == "delivered"
+
+
+def test_a_saved_500_then_a_relinked_customer_never_reuses_a_key_with_other_parameters(
+    draft_invoice, fake_stripe
+):
+    fake_stripe.inject("500", path=r"/v1/invoices")
+    with pytest.raises(Retry):
+        finalize(draft_invoice)
+    sync = StripeInvoiceSync.objects.get(invoice=draft_invoice)
+    assert sync.key_attempt == 1  # Stripe keeps that 500 under the key: the next one is new
+    # finance staff link the customer to another Stripe customer meanwhile
+    other = fake_stripe.create_customer({"name": "Acme (existing)"})
+    fake_stripe.attach_card(other["id"])
+    customers.link_stripe_customer(
+        customer_id=draft_invoice.customer_id, stripe_customer_id=other["id"]
+    )
+    tasks.deliver_invoice.apply(args=[draft_invoice.pk])
+    invoice = Invoice.objects.get(pk=draft_invoice.pk)
+    [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
+    assert stripe_invoice["customer"] == other["id"] and stripe_invoice["status"] == "paid"
+    keys: dict[str, object] = {}
+    for request in fake_stripe.requests:
+        if request.method == "POST" and request.idempotency_key:
+            assert keys.setdefault(request.idempotency_key, request.params) == request.params
+    assert not [r for r in fake_stripe.requests if r.status == 400]
+
+
+def test_more_lines_than_stripe_takes_are_refused_before_any_call(draft_invoice, fake_stripe):
+    line = draft_invoice.lines.first()
+    InvoiceLine.objects.bulk_create(
+        [
+            InvoiceLine(
+                invoice=draft_invoice,
+                position=100 + n,
+                kind=InvoiceLine.Kind.ADJUSTMENT,
+                description=f"extra {n}",
+                quantity=1,
+                amount_minor=0,
+                meter=line.meter,
+            )
+            for n in range(stripe_invoices.MAX_INVOICE_ITEMS)
+        ]
+    )
+    invoice = finalize(draft_invoice)
+    sync = StripeInvoiceSync.objects.get(invoice=invoice)
+    assert sync.status == "failed" and "at most 250 items" in sync.last_error
+    assert fake_stripe.requests == []

@@ -42,7 +42,7 @@ def test_void_here_voids_it_in_stripe_once(sent_invoice, fake_stripe):
 
     assert stripe_status_of(fake_stripe, sent_invoice) == "void"
     [void_call] = fake_stripe.requests_to("POST", r"/v1/invoices/.*/void")
-    assert void_call.idempotency_key == f"test-inv-{sent_invoice.pk}-void"
+    assert void_call.idempotency_key.startswith(f"test-inv-{sent_invoice.pk}-void-")
     sync = StripeInvoiceSync.objects.get(invoice=sent_invoice)
     assert (sync.status, sync.stripe_status, sync.attempts) == ("delivered", "void", 2)
     push = AuditEntry.objects.get(action="invoice.stripe_status_push")
@@ -61,7 +61,7 @@ def test_paid_here_is_recorded_in_stripe_as_paid_out_of_band(sent_invoice, fake_
     [stripe_invoice] = fake_stripe.invoices_for(sent_invoice.pk)
     assert (stripe_invoice["status"], stripe_invoice["paid_out_of_band"]) == ("paid", True)
     [pay] = fake_stripe.requests_to("POST", r"/v1/invoices/.*/pay")
-    assert pay.idempotency_key == f"test-inv-{sent_invoice.pk}-paid-out-of-band"
+    assert pay.idempotency_key.startswith(f"test-inv-{sent_invoice.pk}-paid-out-of-band-")
     assert reconcile.reconcile_with_stripe() == []
 
 

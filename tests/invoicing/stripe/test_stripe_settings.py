@@ -48,3 +48,34 @@ def test_production_starts_with_them():
         BILLING_BACKEND="stripe", STRIPE_API_KEY="sk_live_x", STRIPE_WEBHOOK_SECRET="whsec_x"
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("prefix", "problem"),
+    [
+        ("p" * 75, "STRIPE_KEY_PREFIX is 75 characters; at most 74"),
+        ("", "STRIPE_KEY_PREFIX is empty"),
+        ("eu billing", "printable ASCII without spaces"),
+    ],
+)
+def test_a_key_prefix_stripe_could_not_take_stops_every_command(prefix, problem):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        env={**env, "STRIPE_KEY_PREFIX": prefix},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "billing_project.E002" in result.stderr and problem in result.stderr
+
+
+def test_the_longest_prefix_allowed_fits_stripes_identifier_limit(settings):
+    from billing_project.checks import stripe_key_prefix_errors
+    from invoicing.stripe import client
+
+    settings.STRIPE_KEY_PREFIX = "p" * client.KEY_PREFIX_MAX
+    assert stripe_key_prefix_errors() == []
+    assert len(client.identifier(f"usage-{2**63 - 1}")) == client.IDENTIFIER_MAX

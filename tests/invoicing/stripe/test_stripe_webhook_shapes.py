@@ -119,9 +119,13 @@ BODIES = {
         lambda e: changed(e, ["data", "object", "lines"], nested(40)),
         "the event nests deeper than 32 levels",
     ),
-    "object v2.core.event": (
+    "object v2.core.event with a v1 created": (
         lambda e: changed(e, ["object"], "v2.core.event"),
-        'the event\'s "object" is not "event"',
+        "created is not an RFC 3339 time",
+    ),
+    "object account": (
+        lambda e: changed(e, ["object"], "account"),
+        'the event\'s "object" is neither "event" nor "v2.core.event"',
     ),
     "id missing": (lambda e: changed(e, ["id"], ...), ID_STR),
     "id empty": (lambda e: changed(e, ["id"], ""), ID_STR),
@@ -310,7 +314,7 @@ def test_attempt_count_of_another_shape_is_not_copied_to_the_audit(
 
 def test_another_event_type_with_any_object_is_stored_and_acknowledged(fake_stripe, client):
     event = fake_stripe.event(
-        "customer.updated",
+        "product.updated",
         {"id": "cus_x", "object": "customer", "metadata": ["a"], "name\x00": {"deep": "\x00"}},
     )
     response = post(client, fake_stripe, json.dumps(event).encode())

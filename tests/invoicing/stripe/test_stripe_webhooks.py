@@ -41,7 +41,7 @@ def test_paid_event_marks_ours_paid_with_audit(open_invoice, fake_stripe, client
         "from": "finalized",
         "to": "paid",
         "outcome": "applied",
-        "attempt_count": None,
+        "attempt_count": 0,
     }
     sync = StripeInvoiceSync.objects.get(invoice=invoice)
     assert (sync.stripe_status, int(sync.stripe_status_at.timestamp())) == (

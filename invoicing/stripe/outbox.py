@@ -69,6 +69,11 @@ class Outbox:
         default=lambda row, error: None
     )
 
+    def has(self, name: str) -> bool:
+        """Whether the model has this field (`key_attempt` is optional: an outbox without it
+        keeps one key per write)."""
+        return any(f.name == name for f in self.model._meta.get_fields())
+
     def fields(self, *names: str) -> list[str]:
         """`names`, plus updated_at where the model keeps one (for `save(update_fields=)`)."""
         has_updated_at = any(f.name == "updated_at" for f in self.model._meta.get_fields())
@@ -132,7 +137,7 @@ def attempt(outbox: Outbox, *, row_id: int, send: Callable[[], None]) -> str:
 @transaction.atomic
 def _note_error(outbox: Outbox, *, row_id: int, error: str, new_key: bool = False) -> None:
     changes: dict[str, Any] = {"last_error": error}
-    if new_key:
+    if new_key and outbox.has("key_attempt"):
         changes["key_attempt"] = F("key_attempt") + 1
     if "updated_at" in outbox.fields():
         changes["updated_at"] = timezone.now()
@@ -158,8 +163,11 @@ def reopen(outbox: Outbox, row: Any, *, now: datetime) -> str | None:
     row.status = PENDING
     row.first_attempt_at = now if row.first_attempt_at else None
     # Stripe may hold a refusal under the old keys: the rerun looks up, then uses new ones.
-    row.key_attempt += 1
-    row.save(update_fields=outbox.fields("status", "first_attempt_at", "key_attempt"))
+    changed = ["status", "first_attempt_at"]
+    if outbox.has("key_attempt"):
+        row.key_attempt += 1
+        changed.append("key_attempt")
+    row.save(update_fields=outbox.fields(*changed))
     return before
 
 

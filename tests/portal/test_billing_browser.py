@@ -70,7 +70,9 @@ def test_a_customer_adds_a_card_from_the_billing_page(page, live_server, fake_st
     [location] = sent_to
     assert location.startswith("https://checkout.stripe.com/c/pay/cs_test_")
     [session] = fake_stripe.checkout_sessions.values()
-    assert session["customer"] == StripeCustomer.objects.get(customer=acme.customer).stripe_customer_id
+    assert (
+        session["customer"] == StripeCustomer.objects.get(customer=acme.customer).stripe_customer_id
+    )
 
     # On Stripe's page the customer enters a card; Stripe sends the webhook and returns.
     completed = fake_stripe.complete_checkout(session["id"])

@@ -21,8 +21,15 @@ class StripeBackend(BillingBackend):
         sync = StripeInvoiceSync.objects.select_related("invoice").filter(invoice=invoice).first()
         if sync is None:
             return Delivery(delivered=False, detail="not sent to Stripe yet")
+        if sync.status == StripeInvoiceSync.Status.AWAITING_PAYMENT_METHOD:
+            # Delivered (open in Stripe); charged when the customer adds a card: not a failure.
+            return Delivery(
+                delivered=True,
+                detail=f"delivered to Stripe as {sync.invoice.stripe_invoice_id}, "
+                f"{sync.last_error}",
+            )
         if sync.status == StripeInvoiceSync.Status.DELIVERED:
-            note = f"; {sync.last_error}" if sync.last_error else ""  # e.g. payment failed
+            note = f"; payment failed: {sync.payment_failure}" if sync.payment_failure else ""
             return Delivery(
                 delivered=True,
                 detail=f"delivered to Stripe as {sync.invoice.stripe_invoice_id} "

@@ -63,11 +63,17 @@ def wait_all_closed(due_before, *, expected: int, timeout: float = 60) -> None:
     )
 
 
-def wait_all_sent(*, timeout: float = 60) -> None:
+def wait_all_sent(*, timeout: float = 60, at_least: int = 0) -> None:
     """Every message queued so far sent: the billing cycle queues each new draft's usage
-    summary for the worker as it closes the period."""
+    summary for the worker as it closes the period. `at_least`: how many must exist first
+    (the summaries are written after the closes commit, so "none unsent" alone can hold
+    before they exist)."""
     unsent = Notification.objects.exclude(status=Notification.Status.SENT)
-    wait_for(lambda: not unsent.exists(), timeout=timeout, what="every queued message sent")
+    wait_for(
+        lambda: Notification.objects.count() >= at_least and not unsent.exists(),
+        timeout=timeout,
+        what="every queued message sent",
+    )
 
 
 def wait_all_delivered(*, expected: int, timeout: float) -> None:
@@ -280,7 +286,7 @@ def test_postgres_restarted_while_agents_post(stack, service_key, tmp_path):
 
     stack.send("billing_cycle.run_billing_cycle")
     wait_all_closed(anchor + timedelta(hours=2), expected=2 * 3)
-    wait_all_sent()
+    wait_all_sent(at_least=2 * 3)  # one usage summary per closed period
     assert_invariants(stack, report.ledger, due_before=anchor + timedelta(hours=2))
 
 

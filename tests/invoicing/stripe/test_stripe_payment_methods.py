@@ -13,6 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from audit.models import AuditEntry
+from invoicing.backends import get_backend
 from invoicing.models import Invoice, StripeCustomer, StripeInvoiceSync, StripeWebhookEvent
 from invoicing.stripe import payment_methods, reconcile
 from invoicing.stripe_admin import stripe_delivery_status
@@ -45,6 +46,9 @@ def test_without_a_payment_method_the_invoice_awaits_one_visibly(draft_invoice, 
     assert sync.status == "awaiting_method" and "no default payment method" in sync.last_error
     assert stripe_delivery_status(invoice).startswith("Awaiting payment method")
     assert invoice.status == "finalized"
+    # the billing cycle reports it delivered, with the reason, not as a failed step
+    delivery = get_backend().describe_delivery(invoice)
+    assert delivery.delivered and "awaiting payment method" in delivery.detail
     assert reconcile.reconcile_with_stripe() == []  # a known state, not a difference
 
     page = portal_client(invoice.customer).get(reverse("portal:billing"))

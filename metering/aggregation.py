@@ -25,7 +25,7 @@ from django.db import connection
 from django.db.models import Max, Min, QuerySet
 
 from metering import aggregations
-from metering.dimensions import Values, dimension_key, values_of
+from metering.dimensions import Values, dimension_key, names_text, values_of
 from metering.models import Meter, UsageAggregate, UsageEvent, UsageRollup
 
 _LOCK_NAMESPACE = 0x4D45  # "ME": keeps our advisory locks apart from anyone else's
@@ -344,6 +344,58 @@ def window_quantities(
     return {meter_id: quantity for (meter_id,), quantity in quantities.items()}
 
 
+def window_group_partials(
+    *,
+    customer_id: int,
+    start: datetime,
+    end: datetime,
+    meters: dict[int, Meter],
+    dimensions: Dimensions,
+) -> tuple[dict[tuple[int, Values], aggregations.Partial], set[int]]:
+    """The partial of each group of the meters of `dimensions` in [start, end), from the
+    hourly rollups that carry those groups (DESIGN 4a), and the meters the rollups cannot
+    answer, to be read from events: those not mergeable (unique_count), those with a rollup
+    row in the window grouped by other dimension names than `dimensions` gives (rows
+    written while another plan version, or none, was current), and all of them for a window
+    shorter than a whole hour. Whole UTC hours come from rollups, the edges from events,
+    as in `window_quantities`. Keyed (meter id, values), values in `dimensions` order; the
+    meters of `meters` without dimensions are ignored."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    inner_start, inner_end = _ceil_hour(start), aggregations.rollup_hour(end)
+    kinds = aggregations.of_meters(meters)
+    answered = {pk for pk in meters if pk in dimensions and kinds[pk].mergeable}
+    grouped = {pk for pk in meters if pk in dimensions}
+    if inner_start >= inner_end:
+        return {}, grouped
+    latest_of = [pk for pk in answered if kinds[pk].uses_latest]
+    rollups = UsageRollup.objects.filter(
+        customer_id=customer_id,
+        hour__gte=inner_start,
+        hour__lt=inner_end,
+        meter_id__in=sorted(answered),
+    )
+    found: dict[tuple[int, Values], aggregations.Partial] = {}
+    mismatched: set[int] = set()
+    rows = aggregations.summarize_rollups(
+        rollups, group_by=aggregations.ROLLUP_GROUP, latest_of=latest_of
+    )
+    for (names, *values, meter_id), partial in rows.items():
+        if names != names_text(dimensions[meter_id]):
+            mismatched.add(meter_id)
+        else:
+            found[(meter_id, tuple(values[: len(dimensions[meter_id])]))] = partial
+    answered -= mismatched
+    parts = [{key: p for key, p in found.items() if key[0] in answered}]
+    for edge_start, edge_end in ((start, inner_start), (inner_end, end)):
+        if answered and edge_start < edge_end:
+            edge = _events(customer_id, edge_start, edge_end).filter(meter_id__in=sorted(answered))
+            groups = aggregations.summarize_groups(
+                edge, dimensions={pk: dimensions[pk] for pk in answered}, latest_of=latest_of
+            )
+            parts.append({(meter_id, values): p for ((meter_id,), values), p in groups.items()})
+    return aggregations.merge_partials(*parts), grouped - answered
+
+
 def window_group_quantities(
     *,
     customer_id: int,
@@ -354,7 +406,9 @@ def window_group_quantities(
 ) -> dict[tuple[int, Values], Decimal]:
     """Each group's quantity in [start, end): meters without dimensions from the rollups
     (`window_quantities`, values ()), the meters of `dimensions` per group of their values,
-    counted over the window's events (rollups do not carry dimension values yet)."""
+    from the rollups that carry their groups (`window_group_partials`) or, where those
+    cannot answer, counted over the window's events. Equal to `summarize_window_groups`
+    (the tests compare them on random data)."""
     plain = {pk: m for pk, m in meters.items() if pk not in dimensions}
     result: dict[tuple[int, Values], Decimal] = {
         (meter_id, ()): quantity
@@ -363,11 +417,21 @@ def window_group_quantities(
         ).items()
         if meter_id in plain
     }
-    if dimensions:
-        grouped = {pk: m for pk, m in meters.items() if pk in dimensions}
-        events = _events(customer_id, start, end).filter(meter_id__in=sorted(grouped))
+    grouped = {pk: m for pk, m in meters.items() if pk in dimensions}
+    if not grouped:
+        return result
+    kinds = aggregations.of_meters(grouped)
+    partials, from_events = window_group_partials(
+        customer_id=customer_id, start=start, end=end, meters=grouped, dimensions=dimensions
+    )
+    for (meter_id, values), partial in partials.items():
+        result[(meter_id, values)] = kinds[meter_id].quantity(partial)
+    if from_events:
+        events = _events(customer_id, start, end).filter(meter_id__in=sorted(from_events))
         usage = aggregations.measure_groups(
-            events, aggregations=aggregations.of_meters(grouped), dimensions=dimensions
+            events,
+            aggregations={pk: kinds[pk] for pk in from_events},
+            dimensions={pk: dimensions[pk] for pk in from_events},
         )
         for ((meter_id,), values), found in usage.items():
             result[(meter_id, values)] = found.quantity

@@ -292,11 +292,12 @@ def summarize_groups(
     *,
     dimensions: Mapping[int, Sequence[str]],
     group_by: Sequence[str] = (),
+    latest_of: Collection[int] = (),
 ) -> dict[GroupKey, Partial]:
     """`summarize_events` per group, keyed like `measure_groups`."""
     found: dict[GroupKey, Partial] = {}
     for part, keys, width in split_by_dimensions(events, dimensions=dimensions, group_by=group_by):
-        for key, partial in summarize_events(part, group_by=keys).items():
+        for key, partial in summarize_events(part, group_by=keys, latest_of=latest_of).items():
             found[group_key(key, width)] = partial
     return found
 
@@ -498,6 +499,11 @@ def measure_events(
 
 def _key(row: Mapping[str, Any], keys: Iterable[str]) -> Key:
     return tuple(row[name] for name in keys)
+
+
+# The columns of a rollup row's group (UsageRollup): grouping rollups by them (and the meter)
+# gives one partial per group of dimension values, keyed (names, dim_0, dim_1, dim_2, meter).
+ROLLUP_GROUP = ("dimension_names", "dim_0", "dim_1", "dim_2")
 
 
 # --- The hourly rollups in SQL (the ingestion statements, metering/event_store) -------------

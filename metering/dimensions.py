@@ -52,3 +52,16 @@ def describe_values(names: Sequence[str], values: Values) -> str:
         f"{name}={'(none)' if value is None else value}"
         for name, value in zip(names, values, strict=True)
     )
+
+
+def names_text(names: Sequence[str]) -> str:
+    """Dimension names as an hourly rollup row stores them ("" for none): JSON text."""
+    return json.dumps(list(names)) if names else ""
+
+
+def rollup_group_key(names: Sequence[str], values: Values) -> str:
+    """A rollup row's group in its unique constraint: "" for no dimensions, else a digest of
+    the names and the values (another list of names is another group)."""
+    if not names:
+        return ""
+    return hashlib.sha256(json.dumps([list(names), list(values)]).encode()).hexdigest()

@@ -270,12 +270,20 @@ class PortalMembership(models.Model):
 
 
 class UsageRollup(models.Model):
-    """Usage per customer, meter and UTC hour, maintained in the ingestion transaction.
+    """Usage per customer, meter, UTC hour and group, maintained in the ingestion transaction.
 
     It answers "how much so far?" without reading events: the allowance, the budget check, the
     usage API and the dashboard sum rollups for the whole hours of a window (and read events
     only for the partial hours at its edges). Invoices still come from events; `reconcile`
     checks these sums against the events.
+
+    Group (DESIGN 4a): when the meter is a rate card in the plan of the customer's current
+    period at ingestion, the row is one combination of that price's dimension values:
+    `dimension_names` is the names as JSON text ("" for none), `dim_0..dim_2` the values as
+    text (NULL: absent), `group_key` a digest of both ("" for none; it is what the unique
+    constraint needs, NULLs being distinct in it). A read for a meter groups by them only when
+    every row of its window has the names it expects, else it reads events
+    (metering.aggregation.window_group_partials); a read of the meter's total merges all rows.
     """
 
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+")
@@ -287,11 +295,16 @@ class UsageRollup(models.Model):
     latest_at = models.DateTimeField()  # timestamp of the latest event in the hour
     latest_event_pk = models.BigIntegerField()  # tie-break for equal timestamps
     latest_quantity = models.DecimalField(**QUANTITY)
+    dimension_names = models.TextField(blank=True, default="")
+    dim_0 = models.TextField(null=True, blank=True)  # noqa: DJ001 - NULL: absent, as events group
+    dim_1 = models.TextField(null=True, blank=True)  # noqa: DJ001 - NULL: absent, as events group
+    dim_2 = models.TextField(null=True, blank=True)  # noqa: DJ001 - NULL: absent, as events group
+    group_key = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["customer", "meter", "hour"], name="rollup_one_per_hour"
+                fields=["customer", "meter", "hour", "group_key"], name="rollup_one_per_hour"
             ),
         ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,12 +11,14 @@ from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from billing_project.errors import DomainError
 from metering import aggregation, aggregations, event_parsing, event_store, selectors
+from metering.dimensions import names_text, rollup_group_key, values_of
 from metering.event_parsing import EventInput, FieldError
 from metering.event_store import EventRow
 from metering.keys import generate_key
@@ -77,7 +81,7 @@ def record_usage_events(
     if errors:
         raise IngestionRejected(errors)
 
-    rows = _resolve(api_key=api_key, events=parsed)
+    rows = _resolve(api_key=api_key, events=parsed, now=now)
     for attempt in range(_DEADLOCK_RETRIES + 1):
         try:
             return _store(rows=rows, api_key=api_key, received_at=now)
@@ -93,11 +97,14 @@ def _is_retryable(exc: DatabaseError) -> bool:
     return sqlstate in {"40001", "40P01"}  # serialization failure, deadlock detected
 
 
-def _resolve(*, api_key: ApiKey, events: list[EventInput]) -> list[EventRow]:
-    """Map external ids and meter codes to rows with one query; 422 on any unknown one."""
-    customers, meters = _lookup_customers_and_meters(
+def _resolve(*, api_key: ApiKey, events: list[EventInput], now: datetime) -> list[EventRow]:
+    """Map external ids and meter codes to rows with one query; 422 on any unknown one. Each
+    row carries its hourly rollup's group: the values of the dimensions of its meter's rate
+    card in the plan of the customer's current period (DESIGN 4a, UsageRollup)."""
+    customers, meters, rate_cards = _lookup_customers_and_meters(
         external_ids={event.customer_id for event in events},
         codes={event.meter for event in events},
+        now=now,
     )
     rows: list[EventRow] = []
     errors: list[FieldError] = []
@@ -122,6 +129,8 @@ def _resolve(*, api_key: ApiKey, events: list[EventInput]) -> list[EventRow]:
         if errors and errors[-1].index == event.index:
             continue
         assert customer is not None and meter is not None and quantity is not None
+        names = rate_cards.get((event.customer_id, meter[0]), ())
+        values = values_of(event.properties, names)
         rows.append(
             EventRow(
                 index=event.index,
@@ -134,6 +143,9 @@ def _resolve(*, api_key: ApiKey, events: list[EventInput]) -> list[EventRow]:
                 fingerprint=event_parsing.fingerprint(
                     customer_pk=customer[0], meter_pk=meter[0], quantity=quantity, event=event
                 ),
+                dimension_names=names_text(names),
+                dimension_values=(*values, None, None, None)[:3],  # type: ignore[arg-type]
+                group_key=rollup_group_key(names, values),
             )
         )
     if errors:
@@ -142,10 +154,14 @@ def _resolve(*, api_key: ApiKey, events: list[EventInput]) -> list[EventRow]:
 
 
 def _lookup_customers_and_meters(
-    *, external_ids: set[str], codes: set[str]
-) -> tuple[dict[str, tuple[int, str]], dict[str, tuple[int, str]]]:
-    """({external id: (pk, status)}, {active meter code: (pk, aggregation)}) in one round trip
-    and without model instances: this runs on every ingestion request."""
+    *, external_ids: set[str], codes: set[str], now: datetime
+) -> tuple[
+    dict[str, tuple[int, str]], dict[str, tuple[int, str]], dict[tuple[str, int], tuple[str, ...]]
+]:
+    """({external id: (pk, status)}, {active meter code: (pk, aggregation)}, {(external id,
+    meter pk): dimension names}) in one round trip and without model instances: this runs on
+    every ingestion request. The third: the rate cards of the plan of each customer's period
+    that holds `now` (no current period: none), which the hourly rollups group by."""
     customer_marks = ", ".join(["%s"] * len(external_ids))
     meter_marks = ", ".join(["%s"] * len(codes))
     customer_table, meter_table = Customer._meta.db_table, Meter._meta.db_table
@@ -155,12 +171,44 @@ def _lookup_customers_and_meters(
         f"UNION ALL SELECT 1, code, id, aggregation FROM {meter_table} "
         f"WHERE is_active AND code IN ({meter_marks})"
     )
+    params: list[Any] = [*external_ids, *codes]
+    rate_card_sql = _rate_cards_sql()
+    if rate_card_sql:
+        sql += rate_card_sql.format(customers=customer_marks)
+        at = connection.ops.adapt_datetimefield_value(now)
+        params += [at, at, *external_ids]
     found: tuple[dict[str, tuple[int, str]], dict[str, tuple[int, str]]] = ({}, {})
+    rate_cards: dict[tuple[str, int], tuple[str, ...]] = {}
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*external_ids, *codes])
+        cursor.execute(sql, params)
         for kind, name, pk, detail in cursor.fetchall():
-            found[kind][name] = (pk, detail)
-    return found
+            if kind == 2:
+                rate_cards[(name, pk)] = tuple(json.loads(detail))
+            else:
+                found[kind][name] = (pk, detail)
+    return found[0], found[1], rate_cards
+
+
+@functools.cache
+def _rate_cards_sql() -> str:
+    """The UNION ALL part of the lookup giving (2, external id, meter pk, dimensions as JSON
+    text) for the rate cards of the customers' current periods' plans. The billing app owns
+    those tables (metering must not import it): their names come from the app registry, and
+    without that app there are no rate cards."""
+    try:
+        period = django_apps.get_model("invoicing", "BillingPeriod")
+        price = django_apps.get_model("invoicing", "Price")
+    except LookupError:
+        return ""
+    q = connection.ops.quote_name
+    return (
+        f" UNION ALL SELECT 2, c.external_id, p.meter_id, CAST(p.dimensions AS TEXT) "  # noqa: S608 - table names only
+        f"FROM {Customer._meta.db_table} c "
+        f"JOIN {period._meta.db_table} bp ON bp.customer_id = c.id "
+        f"AND bp.{q('start')} <= %s AND bp.{q('end')} > %s "
+        f"JOIN {price._meta.db_table} p ON p.plan_id = bp.plan_id "
+        "WHERE c.external_id IN ({customers}) AND CAST(p.dimensions AS TEXT) <> '[]'"
+    )
 
 
 def _store(*, rows: list[EventRow], api_key: ApiKey, received_at: datetime) -> IngestionResult:

@@ -25,8 +25,8 @@ from django.db.models.functions import TruncDate
 
 from invoicing import selectors as invoicing_selectors
 from invoicing.models import BillingPeriod, Invoice
-from invoicing.pricing import PricingRecord, rate_group
-from metering import aggregations, localtime
+from invoicing.pricing import PricingRecord, price_dimensions, rate_group
+from metering import aggregation, aggregations, localtime
 from metering.models import Customer, Meter, UsageEvent, UsageRollup
 
 QUANTITY_STEP = Decimal("0.000001")  # quantities carry 6 decimal places
@@ -280,28 +280,72 @@ def property_breakdown(
     *, customer: Customer, period: BillingPeriod, prop: str, limit: int = 20
 ) -> Breakdown:
     """The period's usage split by one property's values: the `limit` values with the most
-    events, each with its quantity per meter. Two scans of the period's events (the top values
-    with their count, then their quantities per meter): callers cache the result."""
+    events, each with its quantity per meter. The meters whose rate card (in the period's
+    plan) prices by `prop` are read from the hourly rollups that carry its groups
+    (`aggregation.window_group_partials`); the others, and those the rollups cannot answer,
+    with two scans of their events (the top values with their count, then their quantities
+    per meter): callers cache the result."""
     if not is_property_name(prop):
         raise ValueError(f"not a property name: {prop!r}")
+    all_meters = {m.pk: m for m in Meter.objects.all()}
+    charted = _charted(all_meters)
+    priced = {
+        pk: names
+        for pk, names in price_dimensions(
+            invoicing_selectors.period_price_specs(period=period)
+        ).items()
+        if prop in names and pk in all_meters
+    }
+    from_rollups: dict[str | None, dict[int, aggregations.Partial]] = {}
+    if priced:
+        partials, from_events = aggregation.window_group_partials(
+            customer_id=customer.pk,
+            start=period.start,
+            end=period.end,
+            meters={pk: all_meters[pk] for pk in priced},
+            dimensions=priced,
+        )
+        for (meter_id, values), partial in partials.items():
+            value = values[priced[meter_id].index(prop)]
+            per_meter = from_rollups.setdefault(value, {})
+            merged = per_meter.get(meter_id)
+            per_meter[meter_id] = partial if merged is None else merged.merge(partial)
+        answered = set(priced) - from_events
+    else:
+        answered = set()
     events = _period_events(customer, period).annotate(value=aggregations.property_text(prop))
-    # One scan gives the top values and, as a window over the groups, how many there are.
-    top = list(
-        events.values("value")
-        .annotate(n=Count("id"))
-        .annotate(groups=Window(expression=Count("*")))
-        .order_by("-n", "value")[:limit]
-    )
-    distinct = top[0]["groups"] if top else 0
-    wanted = [row["value"] for row in top]
+    if answered:
+        events = events.exclude(meter_id__in=sorted(answered))
+    counts = {
+        value: sum(p.count for p in per_meter.values()) for value, per_meter in from_rollups.items()
+    }
+    if not answered:
+        # One scan gives the top values and, as a window over the groups, how many there are.
+        top = list(
+            events.values("value")
+            .annotate(n=Count("id"))
+            .annotate(groups=Window(expression=Count("*")))
+            .order_by("-n", "value")[:limit]
+        )
+        distinct = top[0]["groups"] if top else 0
+        ranked = [(row["value"], row["n"]) for row in top]
+    else:
+        for row in events.values("value").annotate(n=Count("id")):
+            counts[row["value"]] = counts.get(row["value"], 0) + row["n"]
+        distinct = len(counts)
+        ranked = sorted(counts.items(), key=lambda vn: (-vn[1], vn[0] is None, vn[0] or ""))
+        ranked = ranked[:limit]
+    wanted = [value for value, _ in ranked]
     condition = Q(value__in=[v for v in wanted if v is not None])
     if None in wanted:
         condition |= Q(value__isnull=True)
-    all_meters = {m.pk: m for m in Meter.objects.all()}
     quantities: dict[str | None, dict[int, Decimal]] = {}
+    for value in wanted:
+        for meter_id, partial in from_rollups.get(value, {}).items():
+            quantities.setdefault(value, {})[meter_id] = charted[meter_id].quantity(partial)
     if wanted:
         usage = aggregations.measure_events(
-            events.filter(condition), aggregations=_charted(all_meters), group_by=("value",)
+            events.filter(condition), aggregations=charted, group_by=("value",)
         )
         for (value, meter_id), found in usage.items():
             quantities.setdefault(value, {})[meter_id] = found.quantity
@@ -310,10 +354,8 @@ def property_breakdown(
         property=prop,
         meters=sorted((all_meters[pk] for pk in meter_ids), key=lambda m: m.code),
         rows=[
-            BreakdownRow(
-                value=row["value"], events=row["n"], quantities=quantities.get(row["value"], {})
-            )
-            for row in top
+            BreakdownRow(value=value, events=n, quantities=quantities.get(value, {}))
+            for value, n in ranked
         ],
         distinct_values=distinct,
     )

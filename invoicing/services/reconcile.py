@@ -47,14 +47,13 @@ def _rollups_match_events() -> list[str]:
             events, group_by=("customer_id", "hour"), latest_of=meter_ids
         ).items()
     }
+    # A (customer, hour, meter) may have one rollup row per group of dimension values
+    # (UsageRollup): their merge is what the hour's events must give.
     rollups = {
-        (r.customer_id, r.hour, r.meter_id): (
-            r.quantity,
-            r.event_count,
-            r.max_quantity,
-            (r.latest_at, r.latest_event_pk, r.latest_quantity),
-        )
-        for r in UsageRollup.objects.all()
+        key: _rollup_figures(partial)
+        for key, partial in aggregations.summarize_rollups(
+            UsageRollup.objects.all(), group_by=("customer_id", "hour"), latest_of=meter_ids
+        ).items()
     }
     for key in sorted(set(from_events) | set(rollups)):
         if from_events.get(key) != rollups.get(key):

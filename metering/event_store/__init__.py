@@ -36,6 +36,12 @@ class EventRow:
     timestamp: datetime  # aware
     properties_json: str  # canonical JSON text
     fingerprint: str
+    # Its hourly rollup's group (DESIGN 4a, UsageRollup): the dimension names of the meter's
+    # rate card in the customer's current plan as text ("" for none), the event's values of
+    # them (padded to three with None) and the group's key.
+    dimension_names: str = ""
+    dimension_values: tuple[str | None, str | None, str | None] = (None, None, None)
+    group_key: str = ""
 
 
 EVENT_COLUMNS = (

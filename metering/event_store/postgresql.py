@@ -23,13 +23,15 @@ from metering.event_store import EVENT_COLUMNS, EventRow, Key
 # duplicates and conflicts), inserts the events whose keys it claimed into the partitioned
 # events table, and adds them to their hourly rollups (the rollup's columns and their merge
 # come from metering.aggregations). Keys are claimed and rollup rows upserted in key order, so
-# concurrent batches never deadlock. Arrays are passed whole: nine binary parameters whatever
-# the batch size. Returns the keys it inserted.
+# concurrent batches never deadlock. Arrays are passed whole: fourteen binary parameters whatever
+# the batch size. A rollup row is per group too (UsageRollup: the group's key, names and values
+# come computed with each row, and the key decides the row). Returns the keys it inserted.
 INSERT_EVENTS = f"""
 WITH input AS (
     SELECT * FROM unnest(
         %b::bigint[], %b::bigint[], %b::text[], %b::numeric[], %b::timestamptz[],
-        %b::jsonb[], %b::text[]) AS u(c, m, e, q, t, p, f)
+        %b::jsonb[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[]
+    ) AS u(c, m, e, q, t, p, f, gn, g0, g1, g2, gk)
 ), claimed AS (
     INSERT INTO metering_usageeventkey (customer_id, event_id, fingerprint)
     SELECT c, e, f FROM input ORDER BY c, e
@@ -41,10 +43,14 @@ WITH input AS (
     FROM input i JOIN claimed k ON k.customer_id = i.c AND k.event_id = i.e
     RETURNING id, customer_id, meter_id, event_id, quantity, timestamp
 ), roll AS (
-    INSERT INTO metering_usagerollup AS r (customer_id, meter_id, hour, {ROLLUP_COLUMNS})
-    SELECT customer_id, meter_id, {ROLLUP_HOUR_SQL}, {ROLLUP_OF_EVENTS_SQL}
-    FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (customer_id, meter_id, hour) DO UPDATE SET
+    INSERT INTO metering_usagerollup AS r (
+        customer_id, meter_id, hour, group_key, dimension_names, dim_0, dim_1, dim_2,
+        {ROLLUP_COLUMNS})
+    SELECT customer_id, meter_id, {ROLLUP_HOUR_SQL}, i.gk, min(i.gn), min(i.g0), min(i.g1),
+        min(i.g2), {ROLLUP_OF_EVENTS_SQL}
+    FROM ins JOIN input i ON i.c = ins.customer_id AND i.e = ins.event_id
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (customer_id, meter_id, hour, group_key) DO UPDATE SET
         {rollup_merge_sql("postgresql", stored="r", new="EXCLUDED")}
 )
 SELECT customer_id, event_id FROM ins
@@ -71,6 +77,11 @@ def insert_params(
         [r.timestamp for r in rows],
         [r.properties_json for r in rows],
         [r.fingerprint for r in rows],
+        [r.dimension_names for r in rows],
+        [r.dimension_values[0] for r in rows],
+        [r.dimension_values[1] for r in rows],
+        [r.dimension_values[2] for r in rows],
+        [r.group_key for r in rows],
         received_at,
         api_key_pk,
     ]

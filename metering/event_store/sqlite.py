@@ -20,7 +20,7 @@ from metering.event_store import EVENT_COLUMNS, EventRow, Key
 from metering.models import QUANTITY, TOTAL_QUANTITY, UsageEventKey
 
 _EVENT_PLACEHOLDERS = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-_ROLLUP_PLACEHOLDERS = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_ROLLUP_PLACEHOLDERS = "(" + ", ".join(["%s"] * 14) + ")"
 
 
 def insert_events(
@@ -68,20 +68,31 @@ def insert_events(
 
 def _add_to_rollups(cursor: Any, events: list[tuple[int, EventRow]]) -> None:
     """One upsert of the rollup rows of the inserted events, in (customer, meter, hour) order."""
-    groups: dict[tuple[int, int, datetime], aggregations.Partial] = {}
+    groups: dict[tuple[int, int, datetime, str], aggregations.Partial] = {}
+    group_of: dict[str, EventRow] = {}  # a group key -> a row of it (its names and values)
     for pk, row in events:
-        key = (row.customer_pk, row.meter_pk, aggregations.rollup_hour(row.timestamp))
+        key = (
+            row.customer_pk,
+            row.meter_pk,
+            aggregations.rollup_hour(row.timestamp),
+            row.group_key,
+        )
+        group_of.setdefault(row.group_key, row)
         one = aggregations.Partial.of_event(pk=pk, at=row.timestamp, quantity=row.quantity)
         found = groups.get(key)
         groups[key] = one if found is None else found.merge(one)
     ops = connection.ops
     params: list[Any] = []
-    for (customer_pk, meter_pk, hour), partial in sorted(groups.items()):
+    for (customer_pk, meter_pk, hour, group_key), partial in sorted(groups.items()):
         total, count, top, latest_at, latest_pk, latest_quantity = aggregations.rollup_row(partial)
+        group = group_of[group_key]
         params += [
             customer_pk,
             meter_pk,
             ops.adapt_datetimefield_value(hour),
+            group_key,
+            group.dimension_names,
+            *group.dimension_values,
             ops.adapt_decimalfield_value(
                 total, TOTAL_QUANTITY["max_digits"], TOTAL_QUANTITY["decimal_places"]
             ),
@@ -93,9 +104,10 @@ def _add_to_rollups(cursor: Any, events: list[tuple[int, EventRow]]) -> None:
         ]
     cursor.execute(
         "INSERT INTO metering_usagerollup AS r "  # noqa: S608 - placeholders only
-        f"(customer_id, meter_id, hour, {aggregations.ROLLUP_COLUMNS}) "
+        "(customer_id, meter_id, hour, group_key, dimension_names, dim_0, dim_1, dim_2, "
+        f"{aggregations.ROLLUP_COLUMNS}) "
         f"VALUES {', '.join([_ROLLUP_PLACEHOLDERS] * len(groups))} "
-        "ON CONFLICT (customer_id, meter_id, hour) DO UPDATE SET "
+        "ON CONFLICT (customer_id, meter_id, hour, group_key) DO UPDATE SET "
         + aggregations.rollup_merge_sql("sqlite", stored="r", new="excluded"),
         params,
     )

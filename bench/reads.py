@@ -124,7 +124,30 @@ def _drop_indexes(cursor) -> list[str]:
     ]
 
 
-def load(events: int, customers: int) -> dict:
+MODELS = 20  # --dimensions: models x token types on the llm_tokens rate card
+TOKEN_TYPES = ("input", "output", "cached")
+RATE_CARD_DIMENSIONS = ("model", "token_type")
+
+
+def rate_card_price():
+    """--dimensions: llm_tokens priced by model and token type (a rule per model for its
+    output tokens, one per model for the rest: 40 rules, 60 groups)."""
+    from decimal import Decimal
+
+    from invoicing.rating import PriceSpec
+    from invoicing.services import plans
+
+    rates = []
+    for index in range(MODELS):
+        unit = Decimal(index + 1) / 1000
+        rates.append(
+            ({"model": f"m{index}", "token_type": "output"}, PriceSpec("per_unit", unit * 3))
+        )
+        rates.append(({"model": f"m{index}"}, PriceSpec("per_unit", unit)))
+    return plans.PriceInput("llm_tokens", None, dimensions=RATE_CARD_DIMENSIONS, rates=tuple(rates))
+
+
+def load(events: int, customers: int, *, dimensions: bool = False) -> dict:
     from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.db import connection, transaction
@@ -133,6 +156,7 @@ def load(events: int, customers: int) -> dict:
     from invoicing.demo import DEMO_PRICES
     from invoicing.services import plans, subscriptions
     from metering import services
+    from metering.dimensions import names_text
     from metering.models import Customer, Meter, PortalMembership
 
     call_command("migrate", verbosity=0)
@@ -144,8 +168,11 @@ def load(events: int, customers: int) -> dict:
         Meter.objects.get_or_create(
             code=code, defaults={"name": code, "unit": unit, "aggregation": aggregation}
         )
+    prices = DEMO_PRICES
+    if dimensions:
+        prices = [p if p.meter != "llm_tokens" else rate_card_price() for p in DEMO_PRICES]
     plan = plans.create_plan_version(
-        code="bench", name="Bench", currency="USD", interval="month", prices=DEMO_PRICES
+        code="bench", name="Bench", currency="USD", interval="month", prices=prices
     )
     now = timezone.now()
     with connection.cursor() as cursor:
@@ -162,6 +189,17 @@ def load(events: int, customers: int) -> dict:
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     span = max(int((now - month_start).total_seconds()) - 60, 3600)
     meter_ids = list(Meter.objects.order_by("code").values_list("pk", flat=True))
+    tokens = Meter.objects.get(code="llm_tokens").pk
+    if dimensions:
+        # 20 models x 3 token types, every event: the rate card groups llm_tokens by both.
+        properties = (
+            "jsonb_build_object('agent_id', 'a' || ((g / 10) %% 50), 'model', 'm' || ((g / 30) %% 20),"
+            " 'token_type', (ARRAY['input', 'output', 'cached'])[1 + ((g / 600) %% 3)])"
+        )
+    else:
+        properties = (
+            "jsonb_build_object('agent_id', 'a' || ((g / 10) %% 50), 'model', 'm' || (g %% 4))"
+        )
     steps: dict[str, float] = {}
 
     def step(name: str, sql: str, params: list | None = None) -> None:
@@ -183,13 +221,12 @@ def load(events: int, customers: int) -> dict:
         # 50 agents, the three meters in turn, timestamps spread over the month so far.
         step(
             "events",
-            "INSERT INTO metering_usageevent (customer_id, meter_id, event_id, quantity,"
+            "INSERT INTO metering_usageevent (customer_id, meter_id, event_id, quantity,"  # noqa: S608 - our own fragment
             " timestamp, properties, fingerprint, received_at)"
             " SELECT CASE WHEN g %% 10 = 0 THEN %s ELSE (%s::bigint[])[1 + (g %% %s)] END,"
             " (%s::bigint[])[1 + (g %% 3)], 'e' || g, (g %% 997) + 0.5,"
             " %s::timestamptz + ((g * 7919) %% %s) * interval '1 second',"
-            " jsonb_build_object('agent_id', 'a' || ((g / 10) %% 50), 'model', 'm' || (g %% 4)),"
-            " md5(g::text), now()"
+            f" {properties}, md5(g::text), now()"
             " FROM generate_series(1::bigint, %s) g",
             [hot.pk, customer_ids, customers, meter_ids, month_start, span, events],
         )
@@ -198,18 +235,39 @@ def load(events: int, customers: int) -> dict:
             "INSERT INTO metering_usageeventkey (customer_id, event_id, fingerprint)"
             " SELECT customer_id, event_id, fingerprint FROM metering_usageevent",
         )
+        # As ingestion writes them: the llm_tokens rows per group of the rate card's values
+        # (--dimensions), with the names and key metering.dimensions gives.
+        names = names_text(RATE_CARD_DIMENSIONS) if dimensions else ""
         step(
             "rollups",
-            "INSERT INTO metering_usagerollup (customer_id, meter_id, hour, quantity,"
+            "INSERT INTO metering_usagerollup (customer_id, meter_id, hour, dimension_names,"
+            " dim_0, dim_1, dim_2, group_key, quantity,"
             " event_count, max_quantity, latest_at, latest_event_pk, latest_quantity)"
-            " SELECT customer_id, meter_id, date_trunc('hour', timestamp, 'UTC'), sum(quantity),"
+            " SELECT customer_id, meter_id, date_trunc('hour', timestamp, 'UTC'),"
+            " CASE WHEN meter_id = %s THEN %s ELSE '' END, d0, d1, NULL,"
+            " CASE WHEN meter_id = %s AND %s <> '' THEN encode(sha256(convert_to("
+            " '[' || %s || ', [\"' || d0 || '\", \"' || d1 || '\"]]', 'UTF8')), 'hex')"
+            " ELSE '' END, sum(quantity),"
             " count(*), max(quantity), max(timestamp),"
             " (array_agg(id ORDER BY timestamp DESC, id DESC))[1],"
             " (array_agg(quantity ORDER BY timestamp DESC, id DESC))[1]"
-            " FROM metering_usageevent GROUP BY 1, 2, 3"
+            " FROM (SELECT *, CASE WHEN meter_id = %s AND %s <> '' THEN properties ->> 'model'"
+            " END AS d0, CASE WHEN meter_id = %s AND %s <> '' THEN properties ->> 'token_type'"
+            " END AS d1 FROM metering_usageevent) e GROUP BY 1, 2, 3, 5, 6"
             # in hour order, as ingestion writes them: a customer's rollups are spread over
             # the table, not packed together as the grouping would leave them
             " ORDER BY 3, 1, 2",
+            [
+                tokens,
+                names,
+                tokens,
+                names,
+                json.dumps(list(RATE_CARD_DIMENSIONS)),
+                tokens,
+                names,
+                tokens,
+                names,
+            ],
         )
         t = time.perf_counter()
         for statement in rebuild:
@@ -291,6 +349,8 @@ def summary(timings: list[float], cpu: dict) -> dict[str, float]:
 
 def measure(client, endpoints: dict, hot, args) -> dict:
     """One round of timings: every read cold then warm, then the events/rollups ratio."""
+    from invoicing.pricing import price_dimensions
+    from invoicing.selectors import period_price_specs
     from invoicing.services import subscriptions
     from metering import aggregation
     from metering.models import Meter
@@ -306,21 +366,24 @@ def measure(client, endpoints: dict, hot, args) -> dict:
             timings = time_requests(client, url, args.requests, cpu=cpu, **headers)
             results[name]["warm"] = summary(timings, cpu)
         # the same usage figure from raw events and from rollups, for the ratio
+        # (per group of the rate card's values with --dimensions)
         period = subscriptions.current_period(customer=hot, now=datetime.now(UTC))
         meters = {m.pk: m for m in Meter.objects.all()}
+        window = {"customer_id": hot.pk, "start": period.start, "end": period.end, "meters": meters}
+        grouped = {"dimensions": price_dimensions(period_price_specs(period=period))}
         t_events, t_rollups = [], []
         for _ in range(5):
             t = time.perf_counter()
-            from_events = aggregation.summarize_window(
-                customer_id=hot.pk, start=period.start, end=period.end, meters=meters
-            )
+            from_events = aggregation.summarize_window_groups(**window, **grouped)
             t_events.append((time.perf_counter() - t) * 1000)
         for _ in range(20):
             t = time.perf_counter()
-            from_rollups = aggregation.window_quantities(
-                customer_id=hot.pk, start=period.start, end=period.end, meters=meters
-            )
+            from_rollups = aggregation.window_group_quantities(**window, **grouped)
             t_rollups.append((time.perf_counter() - t) * 1000)
+        results["groups"] = len(from_rollups)
+        results["dimensions"] = {
+            meters[pk].code: names for pk, names in grouped["dimensions"].items()
+        }
     results["usage_from_events_median_ms"] = round(statistics.median(t_events), 1)
     results["usage_from_rollups_median_ms"] = round(statistics.median(t_rollups), 2)
     results["events_over_rollups_ratio"] = round(
@@ -349,7 +412,7 @@ def print_round(index: int, results: dict) -> None:
         f"  usage from events {results['usage_from_events_median_ms']} ms, from rollups"
         f" {results['usage_from_rollups_median_ms']} ms: ratio"
         f" {results['events_over_rollups_ratio']}x; rollups equal events:"
-        f" {results['rollups_equal_events']}"
+        f" {results['rollups_equal_events']} ({results['groups']} groups; by {results['dimensions']})"
     )
 
 
@@ -363,6 +426,12 @@ def main() -> int:
         "--breakdown-cold", type=int, default=5, help="cold requests of the breakdown (slow)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="timing rounds after one load")
+    parser.add_argument(
+        "--dimensions",
+        action="store_true",
+        help="llm_tokens on a rate card by model and token type (20 x 3 values on every event);"
+        " the breakdown is by model, a priced dimension",
+    )
     args = parser.parse_args()
     if "postgres" not in os.environ.get("DATABASE_URL", ""):
         print("run under scripts/with_postgres.py (or set DATABASE_URL to PostgreSQL)")
@@ -394,8 +463,9 @@ def run(args: argparse.Namespace) -> int:
     from metering.models import UsageEvent
 
     before = os.getloadavg()
-    data = load(args.events, args.customers)
+    data = load(args.events, args.customers, dimensions=args.dimensions)
     hot = data["hot"]
+    breakdown = "model" if args.dimensions else "agent_id"
     auth = {"HTTP_AUTHORIZATION": f"Bearer {data['key']}"}
     client = Client()
     client.force_login(data["user"])
@@ -403,9 +473,11 @@ def run(args: argparse.Namespace) -> int:
         "allowance": (f"/api/v1/customers/{hot.external_id}/allowance", auth),
         "usage_api": (f"/api/v1/customers/{hot.external_id}/usage", auth),
         "dashboard": ("/portal/", {}),
-        "breakdown": ("/portal/breakdown/?property=agent_id&fragment=1", {}),
+        # by a priced dimension (from rollups) with --dimensions, else by a property (events)
+        "breakdown": (f"/portal/breakdown/?property={breakdown}&fragment=1", {}),
     }
     results: dict = {
+        "dimensions": args.dimensions,
         "events_stored": UsageEvent.objects.count(),
         "hot_customer_events": UsageEvent.objects.filter(customer=hot).count(),
         "load_seconds": round(data["load_seconds"], 1),

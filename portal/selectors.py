@@ -280,11 +280,12 @@ def property_breakdown(
     *, customer: Customer, period: BillingPeriod, prop: str, limit: int = 20
 ) -> Breakdown:
     """The period's usage split by one property's values: the `limit` values with the most
-    events, each with its quantity per meter. The meters whose rate card (in the period's
-    plan) prices by `prop` are read from the hourly rollups that carry its groups
-    (`aggregation.window_group_partials`); the others, and those the rollups cannot answer,
-    with two scans of their events (the top values with their count, then their quantities
-    per meter): callers cache the result."""
+    events, each with its quantity per meter. When `prop` is a priced dimension (a rate card
+    of the period's plan prices by it), the breakdown is of the meters priced by it, read
+    from the hourly rollups that carry its groups (`aggregation.window_group_partials`; the
+    events only of those the rollups cannot answer). Otherwise it is of every meter, with
+    two scans of the period's events (the top values with their count, then their
+    quantities per meter): callers cache the result."""
     if not is_property_name(prop):
         raise ValueError(f"not a property name: {prop!r}")
     all_meters = {m.pk: m for m in Meter.objects.all()}
@@ -297,6 +298,7 @@ def property_breakdown(
         if prop in names and pk in all_meters
     }
     from_rollups: dict[str | None, dict[int, aggregations.Partial]] = {}
+    events = _period_events(customer, period).annotate(value=aggregations.property_text(prop))
     if priced:
         partials, from_events = aggregation.window_group_partials(
             customer_id=customer.pk,
@@ -310,16 +312,19 @@ def property_breakdown(
             per_meter = from_rollups.setdefault(value, {})
             merged = per_meter.get(meter_id)
             per_meter[meter_id] = partial if merged is None else merged.merge(partial)
-        answered = set(priced) - from_events
+        # A priced dimension breaks down the meters priced by it: reading the events of the
+        # others (to find the few that carry it) would scan the whole period's events.
+        events = events.filter(meter_id__in=sorted(from_events))
+        counts = {
+            value: sum(p.count for p in per_meter.values())
+            for value, per_meter in from_rollups.items()
+        }
+        for row in events.values("value").annotate(n=Count("id")) if from_events else ():
+            counts[row["value"]] = counts.get(row["value"], 0) + row["n"]
+        distinct = len(counts)
+        ranked = sorted(counts.items(), key=lambda vn: (-vn[1], vn[0] is None, vn[0] or ""))
+        ranked = ranked[:limit]
     else:
-        answered = set()
-    events = _period_events(customer, period).annotate(value=aggregations.property_text(prop))
-    if answered:
-        events = events.exclude(meter_id__in=sorted(answered))
-    counts = {
-        value: sum(p.count for p in per_meter.values()) for value, per_meter in from_rollups.items()
-    }
-    if not answered:
         # One scan gives the top values and, as a window over the groups, how many there are.
         top = list(
             events.values("value")
@@ -329,12 +334,7 @@ def property_breakdown(
         )
         distinct = top[0]["groups"] if top else 0
         ranked = [(row["value"], row["n"]) for row in top]
-    else:
-        for row in events.values("value").annotate(n=Count("id")):
-            counts[row["value"]] = counts.get(row["value"], 0) + row["n"]
-        distinct = len(counts)
-        ranked = sorted(counts.items(), key=lambda vn: (-vn[1], vn[0] is None, vn[0] or ""))
-        ranked = ranked[:limit]
+        from_events = set(all_meters)
     wanted = [value for value, _ in ranked]
     condition = Q(value__in=[v for v in wanted if v is not None])
     if None in wanted:
@@ -343,7 +343,7 @@ def property_breakdown(
     for value in wanted:
         for meter_id, partial in from_rollups.get(value, {}).items():
             quantities.setdefault(value, {})[meter_id] = charted[meter_id].quantity(partial)
-    if wanted:
+    if wanted and from_events:
         usage = aggregations.measure_events(
             events.filter(condition), aggregations=charted, group_by=("value",)
         )

@@ -251,15 +251,15 @@ def test_reads_use_the_rollups_of_the_groups(meters, customer, record):
     assert any("rollup of customer" in problem for problem in reconcile())
 
 
-def test_the_breakdown_mixes_rollup_and_event_meters(meters, customer, record):
+def test_a_breakdown_by_a_priced_dimension_is_of_the_meters_it_prices(meters, customer, record):
     plan = _plan("wide", {"llm_tokens": BY_MODEL_AND_TYPE})
     subscriptions.subscribe_customer(customer=customer, plan=plan, now=T0)
     _tokens(record, STREAM)
     record(
         [
-            _raw(100, "agent_minutes", 9, 10, {"model": "small"}),
-            _raw(101, "agent_minutes", 2, 11, {"model": "tiny"}),
-            _raw(102, "agent_minutes", 2, 12, {"model": "tiny"}),
+            _raw(100, "agent_minutes", 9, 10, {"model": "small", "agent": "x"}),
+            _raw(101, "agent_minutes", 2, 11, {"model": "tiny", "agent": "x"}),
+            _raw(102, "llm_tokens", 2, 12, {"model": "tiny", "agent": "y"}),
         ],
         now=T0 + timedelta(hours=3),
     )
@@ -268,16 +268,19 @@ def test_the_breakdown_mixes_rollup_and_event_meters(meters, customer, record):
     breakdown = property_breakdown(customer=customer, period=period, prop="model", limit=3)
     assert [(row.value, row.events, row.quantities) for row in breakdown.rows] == [
         ("large", 3, {tokens: D(141)}),
-        ("small", 2, {tokens: D(7), minutes: D(9)}),
-        ("tiny", 2, {minutes: D(4)}),
+        ("small", 1, {tokens: D(7)}),
+        ("tiny", 1, {tokens: D(2)}),  # ties by value, absent last; agent_minutes not shown
     ]
     assert breakdown.distinct_values == 4
-    # The same figures as the events give.
-    events = UsageEvent.objects.filter(customer=customer)
+    # The same figures as the llm_tokens events give; another property is of every meter.
+    events = UsageEvent.objects.filter(customer=customer, meter_id=tokens)
     for row in breakdown.rows:
-        for meter_id, quantity in row.quantities.items():
-            assert quantity == sum(
-                e.quantity
-                for e in events.filter(meter_id=meter_id)
-                if values_of(e.properties, ["model"]) == (row.value,)
-            )
+        assert row.quantities[tokens] == sum(
+            e.quantity for e in events if values_of(e.properties, ["model"]) == (row.value,)
+        )
+    by_agent = property_breakdown(customer=customer, period=period, prop="agent")
+    assert [(row.value, row.events, row.quantities) for row in by_agent.rows] == [
+        (None, 5, {tokens: D(151)}),
+        ("x", 2, {minutes: D(11)}),
+        ("y", 1, {tokens: D(2)}),
+    ]

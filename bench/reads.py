@@ -118,7 +118,10 @@ def _drop_indexes(cursor) -> list[str]:
     indexes = cursor.fetchall()
     for name, _ in indexes:
         cursor.execute(f'DROP INDEX "{name}"')
-    return [definition for _, definition in indexes] + [
+    # A partitioned table's index reads "ON ONLY" in pg_indexes: recreated as it is, its
+    # partitions would have none (and every event read would scan them). Without ONLY it is
+    # built on every partition, as the migrations leave it.
+    return [definition.replace(" ON ONLY ", " ON ", 1) for _, definition in indexes] + [
         f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}'
         for table, name, definition in constraints
     ]

@@ -82,7 +82,7 @@ def admin_execute(base_url: str, *statements: str) -> None:
             conn.execute(statement)
 
 
-def setup_data(customers: int, events: int) -> None:
+def setup_data(customers: int, events: int, *, dimensions: bool = False) -> None:
     """Migrate the database DATABASE_URL names and fill it (Django, then plain SQL)."""
     import django
 
@@ -103,8 +103,20 @@ def setup_data(customers: int, events: int) -> None:
         Meter.objects.get_or_create(
             code=code, defaults={"name": code, "unit": unit, "aggregation": aggregation}
         )
+    prices = DEMO_PRICES
+    properties = "'{}'"
+    if dimensions:
+        # llm_tokens on the reads benchmark's rate card; every event carries a model (of 20)
+        # and a token type (of 3): each customer's llm_tokens close as 60 groups.
+        from bench.reads import rate_card_price
+
+        prices = [p if p.meter != "llm_tokens" else rate_card_price() for p in DEMO_PRICES]
+        properties = (
+            "jsonb_build_object('model', 'm' || (g %% 20), 'token_type',"
+            " (ARRAY['input', 'output', 'cached'])[1 + ((g / 20) %% 3)])"
+        )
     plan = plans.create_plan_version(
-        code="bench", name="Bench", currency="USD", interval="hour", prices=DEMO_PRICES
+        code="bench", name="Bench", currency="USD", interval="hour", prices=prices
     )
     meter_ids = list(Meter.objects.order_by("code").values_list("pk", flat=True))
     per_customer = events // customers
@@ -127,10 +139,11 @@ def setup_data(customers: int, events: int) -> None:
             [plan.pk, T0, T0 + timedelta(hours=1)],
         )
         cursor.execute(
-            "INSERT INTO metering_usageevent (customer_id, meter_id, event_id, quantity,"
+            "INSERT INTO metering_usageevent (customer_id, meter_id, event_id, quantity,"  # noqa: S608 - our own fragment
             " timestamp, properties, fingerprint, received_at)"
             " SELECT c.id, (%s::bigint[])[1 + (g %% 3)], 'e' || g, ((g * 31 + c.id) %% 997) + 0.5,"
-            " %s::timestamptz + (g %% 3600) * interval '1 second', '{}', md5(g::text), now()"
+            f" %s::timestamptz + (g %% 3600) * interval '1 second', {properties}, md5(g::text),"
+            " now()"
             " FROM metering_customer c, generate_series(1, %s) g",
             [meter_ids, T0, per_customer],
         )
@@ -255,6 +268,10 @@ def verify(cursor: Any, customers: int) -> dict[str, Any]:
         "  AND a.meter_id = e.meter_id AND e.timestamp >= a.window_start"
         "  AND e.timestamp < a.window_end AND e.id > a.event_pk_after"
         "  AND e.id <= a.event_pk_through"
+        # a rate card's aggregate is one group of values (the two dimensions of --dimensions)
+        "  AND (a.dimensions IS NULL OR ("
+        "   a.dimensions ->> 'model' IS NOT DISTINCT FROM e.properties ->> 'model'"
+        "   AND a.dimensions ->> 'token_type' IS NOT DISTINCT FROM e.properties ->> 'token_type'))"
         " GROUP BY e.id) per_event"
     )
     unbilled, billed_twice = cursor.fetchone()
@@ -412,6 +429,11 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per worker count")
     parser.add_argument(
+        "--dimensions",
+        action="store_true",
+        help="llm_tokens on a rate card by model x token type (20 x 3 values on its events)",
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=0, help="periods per transaction (0: the default)"
     )
     args = parser.parse_args()
@@ -430,7 +452,7 @@ def main() -> int:
     try:
         os.environ["DATABASE_URL"] = database_url(base_url, TEMPLATE_DB)
         started = time.perf_counter()
-        setup_data(args.customers, args.events)
+        setup_data(args.customers, args.events, dimensions=args.dimensions)
         setup_seconds = time.perf_counter() - started
         print(
             f"data set: {args.customers} customers, {args.events} events,"
@@ -469,6 +491,7 @@ def main() -> int:
             {
                 "customers": args.customers,
                 "events": args.events,
+                "dimensions": args.dimensions,
                 "workers": args.workers,
                 "batch_size": args.batch_size or "default",
                 "setup_seconds": round(setup_seconds, 1),

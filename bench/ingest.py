@@ -57,7 +57,8 @@ METERS = (
     ("llm_tokens", "LLM tokens", "token", "sum"),
     ("agent_minutes", "Agent minutes", "minute", "sum"),
 )
-MODELS = ("small", "medium", "large")
+MODELS = tuple(f"m{i}" for i in range(20))
+TOKEN_TYPES = ("input", "output", "cached")
 
 
 # --- Plan --------------------------------------------------------------------------------------
@@ -151,6 +152,7 @@ def _new_event(plan: ClientPlan, seq: int, now: datetime, rng: random.Random) ->
     }
     if code == "llm_tokens":
         event["quantity"] = rng.randrange(1, 200_000)
+        event["properties"]["token_type"] = rng.choice(TOKEN_TYPES)
     elif code == "agent_minutes":
         event["quantity"] = f"{rng.uniform(0.01, 120):.3f}"  # decimal string, 3 places
     # agent_tasks is a count meter: quantity left out (defaults to 1).
@@ -520,6 +522,29 @@ def seed(customers: int, run_id: str) -> tuple[dict[str, int], dict[str, tuple[i
         Customer.objects.filter(external_id__in=external_ids).values_list("external_id", "pk")
     )
     return customer_pks, meters, services.create_api_key(name=f"bench {run_id}")
+
+
+def on_rate_card(customer_pks: dict[str, int]) -> None:
+    """--dimensions: subscribe the customers to a plan pricing llm_tokens by model and token
+    type (the reads benchmark's rate card), so ingestion groups their rollups."""
+    from django.utils import timezone
+
+    from bench.reads import rate_card_price
+    from invoicing.demo import DEMO_PRICES
+    from invoicing.services import plans, subscriptions
+    from metering.models import Customer
+
+    prices = [p if p.meter != "llm_tokens" else rate_card_price() for p in DEMO_PRICES]
+    plan = plans.create_plan_version(
+        code=f"bench-dims-{secrets.token_hex(3)}",
+        name="Bench rate card",
+        currency="USD",
+        interval="month",
+        prices=prices,
+    )
+    now = timezone.now() - timedelta(hours=2)  # the events go back an hour
+    for customer in Customer.objects.filter(pk__in=customer_pks.values()):
+        subscriptions.subscribe_customer(customer=customer, plan=plan, now=now)
 
 
 def stored_count(prefix: str) -> tuple[int, int]:
@@ -928,7 +953,7 @@ def combine(
 def _phase_lines(title: str, r: dict[str, Any], *, unit: str) -> list[str]:
     ok = lambda flag: "OK" if flag else "FAIL"  # noqa: E731
     lat, cpu, checks = r["latency_ms"], r["cpu"], r["checks"]
-    failed = "every response 202" if r["phase"] == "http" else "every commit went through"
+    failed = "every response 202" if r["phase"].startswith("http") else "every commit went through"
     return [
         title,
         f"  events sent        {r['events_sent']:>12,}   (unique {r['unique_events']:,}, "
@@ -1034,6 +1059,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--skip-db-only", action="store_true", help="only the HTTP phase (e.g. when profiling)"
+    )
+    parser.add_argument(
+        "--dimensions",
+        action="store_true",
+        help="after the HTTP phase, the same events again with the customers on a rate card "
+        "(llm_tokens by model x token type): throughput with dimensions vs without",
     )
     parser.add_argument(
         "--hold",
@@ -1155,9 +1186,37 @@ def run(args: argparse.Namespace, var_dir: Path) -> int:
             sampler=sampler,
         )
         result = combine(args, run_id=run_id, http=http, db=db, memory=memory)
+        if args.dimensions:
+            # The same events again (other ids), the customers now on a plan whose llm_tokens
+            # is a rate card by model and token type: each rollup row is one group.
+            on_rate_card(customer_pks)
+            connections.close_all()
+            plans = plan_clients(args, phase="http-dims", **common)
+            dims, _ = run_phase(
+                args, plans, ctx=ctx, target=run_client, workers=workers, postmaster=postmaster
+            )
+            result["http_dimensions"] = dims
+            result["dimensions_over_plain"] = round(dims["events_per_s"] / http["events_per_s"], 3)
+            result["checks"].update({f"http_dims_{k}": v for k, v in dims["checks"].items()})
+            result["ok"] = all(result["checks"].values())
         json_path = RESULTS_DIR / f"ingest-{'single-' if args.single else ''}{stamp}.json"
         json_path.write_text(json.dumps(result, indent=2) + "\n")
         print_block(result, json_path)
+        if args.dimensions:
+            for line in _phase_lines(
+                "HTTP, customers on a rate card (llm_tokens by model x token_type)",
+                result["http_dimensions"],
+                unit="request",
+            ):
+                print(line)
+            print(
+                f"with dimensions / without: {result['dimensions_over_plain']} "
+                f"(events/s {result['http_dimensions']['events_per_s']:,.0f} vs "
+                f"{http['events_per_s']:,.0f}; server CPU us/event "
+                f"{result['http_dimensions']['cpu']['server_cpu_us_per_event']:.1f} vs "
+                f"{http['cpu']['server_cpu_us_per_event']:.1f})",
+                flush=True,
+            )
         return 0 if result["ok"] else 1
     finally:
         if server is not None:

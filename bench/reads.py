@@ -196,8 +196,9 @@ def load(events: int, customers: int, *, dimensions: bool = False) -> dict:
     if dimensions:
         # 20 models x 3 token types, every event: the rate card groups llm_tokens by both.
         properties = (
-            "jsonb_build_object('agent_id', 'a' || ((g / 10) %% 50), 'model', 'm' || ((g / 30) %% 20),"
-            " 'token_type', (ARRAY['input', 'output', 'cached'])[1 + ((g / 600) %% 3)])"
+            "jsonb_build_object('agent_id', 'a' || ((g / 10) %% 50),"
+            " 'model', 'm' || ((g / 30) %% 20), 'token_type',"
+            " (ARRAY['input', 'output', 'cached'])[1 + ((g / 600) %% 3)])"
         )
     else:
         properties = (
@@ -415,7 +416,8 @@ def print_round(index: int, results: dict) -> None:
         f"  usage from events {results['usage_from_events_median_ms']} ms, from rollups"
         f" {results['usage_from_rollups_median_ms']} ms: ratio"
         f" {results['events_over_rollups_ratio']}x; rollups equal events:"
-        f" {results['rollups_equal_events']} ({results['groups']} groups; by {results['dimensions']})"
+        f" {results['rollups_equal_events']} ({results['groups']} groups;"
+        f" by {results['dimensions']})"
     )
 
 

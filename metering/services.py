@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from billing_project.errors import DomainError
 from metering import aggregation, aggregations, event_parsing, event_store, selectors
-from metering.dimensions import names_text, rollup_group_key, values_of
+from metering.dimensions import Values, names_text, rollup_group_key, values_of
 from metering.event_parsing import EventInput, FieldError
 from metering.event_store import EventRow
 from metering.keys import generate_key
@@ -108,6 +108,7 @@ def _resolve(*, api_key: ApiKey, events: list[EventInput], now: datetime) -> lis
     )
     rows: list[EventRow] = []
     errors: list[FieldError] = []
+    groups: dict[tuple[tuple[str, ...], Values], tuple[str, Any, str]] = {}
     archived = Customer.Status.ARCHIVED
     for event in events:
         customer = customers.get(event.customer_id)  # (pk, status)
@@ -130,7 +131,15 @@ def _resolve(*, api_key: ApiKey, events: list[EventInput], now: datetime) -> lis
             continue
         assert customer is not None and meter is not None and quantity is not None
         names = rate_cards.get((event.customer_id, meter[0]), ())
-        values = values_of(event.properties, names)
+        values = values_of(event.properties, names) if names else ()
+        group = groups.get((names, values))
+        if group is None:  # a batch has few groups: each one's text and key computed once
+            padded: Any = (*values, None, None, None)[:3]
+            group = groups[(names, values)] = (
+                names_text(names),
+                padded,
+                rollup_group_key(names, values),
+            )
         rows.append(
             EventRow(
                 index=event.index,
@@ -143,9 +152,9 @@ def _resolve(*, api_key: ApiKey, events: list[EventInput], now: datetime) -> lis
                 fingerprint=event_parsing.fingerprint(
                     customer_pk=customer[0], meter_pk=meter[0], quantity=quantity, event=event
                 ),
-                dimension_names=names_text(names),
-                dimension_values=(*values, None, None, None)[:3],  # type: ignore[arg-type]
-                group_key=rollup_group_key(names, values),
+                dimension_names=group[0],
+                dimension_values=group[1],
+                group_key=group[2],
             )
         )
     if errors:

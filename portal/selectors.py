@@ -290,11 +290,10 @@ def property_breakdown(
         raise ValueError(f"not a property name: {prop!r}")
     all_meters = {m.pk: m for m in Meter.objects.all()}
     charted = _charted(all_meters)
+    specs = invoicing_selectors.period_price_specs(period=period) if period.plan_id else {}
     priced = {
         pk: names
-        for pk, names in price_dimensions(
-            invoicing_selectors.period_price_specs(period=period)
-        ).items()
+        for pk, names in price_dimensions(specs).items()
         if prop in names and pk in all_meters
     }
     from_rollups: dict[str | None, dict[int, aggregations.Partial]] = {}

@@ -10,6 +10,7 @@ billing_cycle.admin adds it (and audits who asked, with the outcome).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
@@ -18,7 +19,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, F, OuterRef, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -29,7 +30,7 @@ from django.utils.html import format_html
 from invoicing import (  # stripe_admin registers the Stripe pages
     selectors,
     stripe_admin,
-    unpriced_admin,  # noqa: F401  # registers the unpriced usage pages
+    unpriced_admin,  # registers the unpriced usage pages
 )
 from invoicing.documents import render_invoice_document
 from invoicing.models import (
@@ -39,10 +40,12 @@ from invoicing.models import (
     Price,
     PricePlan,
     PriceRate,
+    PriceRateTier,
     PriceTier,
     Subscription,
 )
 from invoicing.pricing import price_spec
+from invoicing.rate_cards import validate_rate_card
 from invoicing.rating import PriceSpec, Tier, validate_price_spec
 from invoicing.services import invoices, plans, subscriptions
 from metering.currencies import format_minor, format_unit_amount
@@ -315,34 +318,306 @@ class PriceTierInline(admin.TabularInline):
         return super().has_delete_permission(request, obj) and not _price_locked(obj)
 
 
+# --- Rate cards (DESIGN 4a) ------------------------------------------------------------------
+#
+# A rate card's Price page edits its dimensions and its rules inline, in order (position); each
+# rule's tiers are edited on the rule's own page (the inline's change link). Every save is
+# validated by the one home of the rules, rate_cards.validate_rate_card, with the whole card as
+# it would be stored, and its messages are shown on the field they name. A version in use is
+# read-only (the permissions below) and refused again inside the save's transaction
+# (PlanVersionGuardMixin). The admin site audits every save with its inline rows.
+
+RULE_POSITIONS = 999  # the highest position a rule may be given in the admin
+_SHIFT = 10_000  # stored positions move out of the way while the rules are stored in order
+_RULE_PATH = re.compile(r"^rates\[(\d+)\]\.?(.*)$")
+_TIER_PATH = re.compile(r"^tiers\[(\d+)\]\.?(.*)$")
+_RULE_FORM = "_rule_admin_form"  # the rule page's form, on its instance (see PriceRateAdmin)
+_NEEDS_TIERS = (
+    "; a graduated or volume rule is added as per unit first, then given its model and tiers "
+    "on the rule's page (its “Change” link)"
+)
+
+
+def _rule_field(rest: str, fields: Any) -> str | None:
+    """The form field a validate_rate_card path names inside a rule ("match.model" -> match,
+    "unit_amount_minor" -> itself); None: the rule as a whole (its tiers)."""
+    name = rest.split(".", 1)[0].split("[", 1)[0]
+    return name if name in fields else None
+
+
+def _stored_tiers(rate: PriceRate) -> tuple[Tier, ...]:
+    return price_spec(rate).tiers if rate.pk else ()
+
+
+def _dimensions_errors(dimensions: object) -> list[str]:
+    """The problems with a rate card's dimension names (validate_rate_card's, by index)."""
+    if not isinstance(dimensions, list):
+        return ['a list of 1 to 3 property names, such as ["model", "token_type"]']
+    problems = validate_rate_card(dimensions, [])
+    return [
+        message if path == "dimensions" else f"{path}: {message}"
+        for path, message in problems.items()
+        if path.startswith("dimensions")
+    ]
+
+
+class RateCardPriceForm(forms.ModelForm):
+    """The Price page of a rate card: its meter and its dimension names (the rules inline)."""
+
+    class Meta:
+        model = Price
+        fields = ["plan", "meter", "dimensions"]
+        help_texts = {
+            "dimensions": 'The event properties it prices by, e.g. ["model", "token_type"].'
+        }
+
+    def clean_dimensions(self) -> object:
+        dimensions = self.cleaned_data.get("dimensions")
+        problems = _dimensions_errors(dimensions)
+        if problems:
+            raise ValidationError(problems)
+        return dimensions
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        _one_price_per_meter(self)
+        return self.cleaned_data
+
+
+class PriceRateForm(forms.ModelForm):
+    position = forms.IntegerField(min_value=1, max_value=RULE_POSITIONS)
+
+    class Meta:
+        model = PriceRate
+        fields = ["position", "match", *SPEC_FIELDS]
+        widgets = {"match": forms.Textarea(attrs={"rows": 2, "cols": 30})}
+        help_texts = {"match": '{"model": "large"}; {} matches every other group (last only)'}
+
+    def clean_match(self) -> object:
+        match = self.cleaned_data.get("match")
+        if match is None:
+            return {}
+        if not isinstance(match, dict):
+            raise ValidationError('an object such as {"model": "large"}; {} for the catch-all')
+        return match
+
+
+class PriceRateFormSet(BaseInlineFormSet):
+    """A rate card's rules as the Price page posts them, validated as the card that would be
+    stored (rate_cards.validate_rate_card), and stored in the order of their positions."""
+
+    def clean(self) -> None:
+        super().clean()  # two rules at one position are refused here (validate_unique)
+        self.ordered: list[forms.ModelForm] = []
+        if any(form.errors for form in self.forms) or self.non_form_errors():
+            return
+        kept = [
+            form for form in self.forms if form.cleaned_data and not form.cleaned_data.get("DELETE")
+        ]
+        kept.sort(key=lambda form: form.cleaned_data["position"])
+        price: Price = self.instance  # carries the price form's cleaned dimensions
+        dimensions = price.dimensions if isinstance(price.dimensions, list) else []
+        rules = [
+            (
+                form.cleaned_data.get("match") or {},
+                _spec_from_fields(form.cleaned_data, _stored_tiers(form.instance)),
+            )
+            for form in kept
+        ]
+        problems = []
+        for where, message in validate_rate_card(dimensions, rules).items():
+            found = _RULE_PATH.match(where)
+            if where.startswith("dimensions"):
+                continue  # the price form shows these on its field
+            if found is None:
+                problems.append(message)
+                continue
+            form = kept[int(found.group(1))]
+            rest = found.group(2)
+            field = _rule_field(rest, form.fields)
+            if rest.startswith("tiers") or field is None:
+                if not form.instance.pk or not form.instance.tiers.exists():
+                    message += _NEEDS_TIERS
+                field = "model"
+            form.add_error(field, message)
+        if problems:
+            raise ValidationError(problems)
+        self.ordered = kept
+
+    def save(self, commit: bool = True) -> list[Any]:
+        """Store the rules at positions 1..n in the order asked: rule N is the Nth to match
+        (as the unpriced list's "bill with rule N" counts them)."""
+        if not commit:
+            return super().save(commit)
+        PriceRate.objects.filter(price=self.instance).update(position=F("position") + _SHIFT)
+        for rank, form in enumerate(self.ordered, start=1):
+            form.instance.position = rank
+        saved = super().save(commit)
+        for rank, form in enumerate(self.ordered, start=1):
+            if form.instance.pk is not None and not form.has_changed():
+                PriceRate.objects.filter(pk=form.instance.pk).update(position=rank)
+        return saved
+
+
 class PriceRateInline(admin.TabularInline):
-    """A rate card's rules in order (DESIGN 4a), read-only here: a rate card is created
-    through the plans API and copied into a new version with "Copy as new version"."""
+    """A rate card's rules in order (DESIGN 4a), editable while no period uses the version;
+    each rule's tiers are edited on its own page."""
 
     model = PriceRate
+    form = PriceRateForm
+    formset = PriceRateFormSet
     extra = 0
+    show_change_link = True
     fields = ("position", "match", *SPEC_FIELDS, "tiers")
-    readonly_fields = ("position", "match", *SPEC_FIELDS, "tiers")
+    readonly_fields = ("tiers",)
     verbose_name = "rule"
 
     @admin.display(description="tiers")
     def tiers(self, rate: PriceRate) -> str:
-        return _tiers_summary(rate, rate.price.plan.currency)
+        if rate.pk is None:
+            return ""
+        return _tiers_summary(rate, rate.price.plan.currency) or "-"
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+        return super().has_add_permission(request, obj) and not _version_locked(obj)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+        return super().has_change_permission(request, obj) and not _version_locked(obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and not _version_locked(obj)
+
+
+def _version_locked(price: Price | None) -> bool:
+    """A stored price whose plan version a billing period uses: read-only."""
+    return price is not None and price.pk is not None and selectors.plan_in_use(plan=price.plan)
+
+
+class PriceRateRuleForm(forms.ModelForm):
+    """A rule on its own page: its match and price fields (its place is set on the price's
+    page)."""
+
+    class Meta:
+        model = PriceRate
+        fields = ["match", *SPEC_FIELDS]
+        widgets = PriceRateForm.Meta.widgets
+        help_texts = PriceRateForm.Meta.help_texts
+
+    clean_match = PriceRateForm.clean_match
+
+
+class PriceRateTierFormSet(BaseInlineFormSet):
+    """A rule's tiers, validated with the rule's posted fields as part of its whole rate card
+    (rate_cards.validate_rate_card); each message is shown on the field it names."""
+
+    def clean(self) -> None:
+        super().clean()
+        rate: PriceRate = self.instance  # carries the rule form's cleaned values
+        form = getattr(rate, _RULE_FORM, None)
+        if form is None or any(f.errors for f in self.forms) or self.non_form_errors():
+            return  # the rule's own field errors first
+        kept = [f for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
+        kept.sort(key=lambda f: f.cleaned_data["position"])
+        tiers = tuple(
+            Tier(
+                up_to=f.cleaned_data.get("up_to"),
+                unit_amount_minor=f.cleaned_data["unit_amount_minor"],
+                flat_amount_minor=f.cleaned_data["flat_amount_minor"],
+            )
+            for f in kept
+        )
+        spec = _spec_from_fields({name: getattr(rate, name) for name in SPEC_FIELDS}, tiers)
+        stored = sorted(rate.price.rates.prefetch_related("tiers"), key=lambda r: r.position)
+        index = next(i for i, other in enumerate(stored) if other.pk == rate.pk)
+        rules = [
+            (rate.match or {}, spec) if i == index else (other.match, price_spec(other))
+            for i, other in enumerate(stored)
+        ]
+        problems = []
+        for where, message in validate_rate_card(rate.price.dimensions, rules).items():
+            found = _RULE_PATH.match(where)
+            if found is None or int(found.group(1)) != index:
+                problems.append(f"{where}: {message}")  # another rule (stored invalid)
+                continue
+            rest = found.group(2)
+            tier = _TIER_PATH.match(rest)
+            if tier is not None and int(tier.group(1)) < len(kept):
+                row = kept[int(tier.group(1))]
+                row.add_error(_rule_field(tier.group(2), row.fields), message)
+            elif rest.startswith("tiers") or _rule_field(rest, form.fields) is None:
+                problems.append(message)
+            else:
+                form.add_error(_rule_field(rest, form.fields), message)
+                problems.append(f"the rule's fields: {message}")
+        if problems:
+            raise ValidationError(problems)
+
+
+class PriceRateTierInline(admin.TabularInline):
+    model = PriceRateTier
+    formset = PriceRateTierFormSet
+    fields = ["position", "up_to", "unit_amount_minor", "flat_amount_minor"]
+    extra = 1
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_add_permission(request, obj) and not _rule_locked(obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and not _rule_locked(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and not _rule_locked(obj)
+
+
+def _rule_locked(rate: PriceRate | None) -> bool:
+    return rate is not None and rate.pk is not None and _version_locked(rate.price)
+
+
+@admin.register(PriceRate)
+class PriceRateAdmin(PlanVersionGuardMixin, admin.ModelAdmin):
+    """A rule's page: its match, price fields and tiers. Reached from its price's page (not
+    listed on the index); rules are added, ordered and deleted there."""
+
+    form = PriceRateRuleForm
+    inlines = [PriceRateTierInline]
+    list_display = ["__str__", "price"]
+    list_select_related = ["price__plan", "price__meter"]
+    fields = ["price", "position", "match", *SPEC_FIELDS]
+    readonly_fields = ["price", "position"]
+
+    def _plan_id(self, obj: Any) -> int | None:
+        return obj.price.plan_id
+
+    def get_model_perms(self, request: HttpRequest) -> dict[str, bool]:
+        return {}  # not on the index: a rule is reached from its rate card's page
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
+        rate = super().save_form(request, form, change)
+        setattr(rate, _RULE_FORM, form)  # its tiers' formset reports rule fields on it
+        return rate
+
+    def response_change(self, request: HttpRequest, obj: PriceRate) -> HttpResponse:
+        if "_continue" in request.POST:
+            return super().response_change(request, obj)
+        self.message_user(request, f"Saved {obj}.", level=messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:invoicing_price_change", args=[obj.price_id]))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: PriceRate | None = None) -> bool:
+        return super().has_change_permission(request, obj) and not _rule_locked(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: PriceRate | None = None) -> bool:
+        return False
+
+
+def _is_rate_card(price: Price | None) -> bool:
+    return price is not None and price.pk is not None and bool(price.dimensions)
 
 
 def _price_locked(price: Price | None) -> bool:
-    if price is not None and price.pk is not None and price.rates.exists():
-        return True  # a rate card: read-only in the admin (PriceRateInline)
-    return price is not None and price.pk is not None and selectors.plan_in_use(plan=price.plan)
+    return _version_locked(price)
 
 
 class PriceForm(forms.ModelForm):
@@ -352,15 +627,18 @@ class PriceForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         super().clean()
-        data = self.cleaned_data
-        # The plan is read-only once the price exists, so Django skips the (plan, meter)
-        # uniqueness check; make it here instead of failing on the constraint.
-        meter = data.get("meter")
-        if self.instance.pk and meter is not None:
-            others = Price.objects.filter(plan_id=self.instance.plan_id, meter=meter)
-            if others.exclude(pk=self.instance.pk).exists():
-                self.add_error("meter", f"{meter} is priced already in this plan")
-        return data
+        _one_price_per_meter(self)
+        return self.cleaned_data
+
+
+def _one_price_per_meter(form: forms.ModelForm) -> None:
+    """The plan is read-only once the price exists, so Django skips the (plan, meter)
+    uniqueness check; make it here instead of failing on the constraint."""
+    meter = form.cleaned_data.get("meter")
+    if form.instance.pk and meter is not None:
+        others = Price.objects.filter(plan_id=form.instance.plan_id, meter=meter)
+        if others.exclude(pk=form.instance.pk).exists():
+            form.add_error("meter", f"{meter} is priced already in this plan")
 
 
 @admin.register(Price)
@@ -369,10 +647,23 @@ class PriceAdmin(PlanVersionGuardMixin, admin.ModelAdmin):
     inlines = [PriceTierInline]
 
     def get_inlines(self, request: HttpRequest, obj: Price | None) -> list[Any]:
-        """A rate card's rules (read-only) instead of tiers: its rules carry the tiers."""
-        if obj is not None and obj.pk is not None and obj.rates.exists():
+        """A rate card's rules instead of tiers: its rules carry the tiers."""
+        if _is_rate_card(obj):
             return [PriceRateInline]
         return list(super().get_inlines(request, obj))
+
+    def get_form(
+        self, request: HttpRequest, obj: Price | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        """A rate card's page edits its dimensions, not the fields of an ordinary price."""
+        if _is_rate_card(obj):
+            kwargs["form"] = RateCardPriceForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Price | None = None) -> Any:
+        if _is_rate_card(obj):
+            return ["plan", "meter", "dimensions"]
+        return super().get_fields(request, obj)
 
     list_display = ["plan", "meter", "model", "included_quantity", "minimum_minor"]
     list_filter = ["plan__code", "model"]
@@ -532,12 +823,16 @@ class InvoiceLineInline(admin.TabularInline):
         "kind",
         "meter",
         "description",
+        "dimension_values",
+        "priced_by",
         "quantity",
         "amount",
         "source_period",
         "stripe_item_link",
     )
     stripe_item_link = staticmethod(stripe_admin.stripe_item_link)
+    dimension_values = staticmethod(unpriced_admin.dimension_values)
+    priced_by = staticmethod(unpriced_admin.priced_by)
     extra = 0
     can_delete = False
 

@@ -149,7 +149,8 @@ class PricingRecord:
     a budget cap credit (`cap_minor` set, `model` None). An adjustment line's record is its
     source period's new total rated (the line bills the change in that total's amount).
     `dimensions` and `rule` are for prices by event dimension: the line's dimension values,
-    and the `match` of the rate-card rule that priced it (None: the price has no rules).
+    and the `match` of the rate-card rule that priced it (None: the price has no rules) with
+    its number in the card (`rule_position`, from 1; records written before it have none).
     """
 
     model: str | None = None  # one of rating.PRICE_MODELS; None: not priced, or a cap credit
@@ -167,6 +168,7 @@ class PricingRecord:
     acknowledged_minor: int | None = None
     dimensions: tuple[tuple[str, str | None], ...] = ()  # (name, value), in the price's order
     rule: tuple[tuple[str, str], ...] | None = None  # the matching rule's `match` entries
+    rule_position: int | None = None  # that rule's number in the card, from 1 (None: unknown)
 
     @classmethod
     def from_rating(cls, spec: PriceSpec | None, rated: RatedLine | None) -> PricingRecord:
@@ -245,6 +247,8 @@ class PricingRecord:
             data["dimensions"] = dict(self.dimensions)
         if self.rule is not None:
             data["rule"] = {"match": dict(self.rule)}
+            if self.rule_position is not None:
+                data["rule"]["position"] = self.rule_position
         return data
 
     @classmethod
@@ -291,6 +295,7 @@ class PricingRecord:
                 if not isinstance(match, Mapping)
                 else tuple((str(name), str(value)) for name, value in match.items())
             ),
+            rule_position=_int(rule.get("position")) if isinstance(rule, Mapping) else None,
         )
 
 
@@ -338,7 +343,10 @@ class LineDraft:
 def _record(found: GroupPrice, rated: RatedLine | None) -> PricingRecord:
     record = PricingRecord.from_rating(found.spec, rated)
     if found.dimensions or found.rule is not None:
-        record = replace(record, dimensions=found.dimensions, rule=found.rule)
+        position = None if found.rule_index is None else found.rule_index + 1
+        record = replace(
+            record, dimensions=found.dimensions, rule=found.rule, rule_position=position
+        )
     return record
 
 

@@ -1,7 +1,11 @@
 """Back office for unpriced usage (DESIGN 4a): the list with totals, and finance's two
 decisions on a line, each through invoicing.services.unpriced (which audits them with the
 user): bill it with a rule of its rate card (on the customer's next invoice), or waive it
-with a reason. Registered by invoicing.admin."""
+with a reason. Registered by invoicing.admin.
+
+Also the two columns that say which rule priced what (the invoice's lines and this list show
+them): a line's dimension values and the rule of its rate card that priced it, both read from
+the line's own record (`InvoiceLine.pricing`, written by the close)."""
 
 from __future__ import annotations
 
@@ -12,11 +16,37 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils.html import format_html
 
 from billing_project.db import DecimalSum
-from invoicing.models import UnpricedLine, UnpricedResolution
+from invoicing.models import InvoiceLine, UnpricedLine, UnpricedResolution
+from invoicing.pricing import PricingRecord
 from invoicing.services import unpriced
+from metering.dimensions import describe_values
+
+
+@admin.display(description="dimension values")
+def dimension_values(line: InvoiceLine) -> str:
+    """The line's group ("model=large, token_type=output"); "-" for an ordinary price."""
+    record = PricingRecord.from_json(line.pricing)
+    if not record.dimensions:
+        return "-"
+    names = [name for name, _ in record.dimensions]
+    return describe_values(names, tuple(value for _, value in record.dimensions))
+
+
+@admin.display(description="priced by")
+def priced_by(line: InvoiceLine) -> str:
+    """The rate card rule that priced the line: its number and its match ("rule 2: model=
+    large"; "rule 4: any other group" for the catch-all); "no rule (unpriced)" when none
+    matched; "-" for a line of an ordinary price."""
+    record = PricingRecord.from_json(line.pricing)
+    if record.rule is None:
+        return "no rule (unpriced)" if line.kind == InvoiceLine.Kind.UNPRICED else "-"
+    match = ", ".join(f"{name}={value}" for name, value in record.rule) or "any other group"
+    number = "rule" if record.rule_position is None else f"rule {record.rule_position}"
+    return f"{number}: {match}"
 
 
 class UnpricedActionForm(ActionForm):
@@ -49,8 +79,10 @@ class UnpricedLineAdmin(admin.ModelAdmin):
     actions = ["bill_with_rule", "waive_with_reason"]
     list_display = [
         "description",
-        "customer",
+        "dimension_values",
+        "customer_link",
         "period",
+        "invoice_link",
         "quantity",
         "decision",
     ]
@@ -71,9 +103,20 @@ class UnpricedLineAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in UnpricedLine._meta.fields] + ["decision"]
 
-    @admin.display(description="customer")
-    def customer(self, line: UnpricedLine) -> str:
-        return line.invoice.customer.external_id
+    dimension_values = staticmethod(dimension_values)
+
+    @admin.display(description="customer", ordering="invoice__customer__external_id")
+    def customer_link(self, line: UnpricedLine) -> str:
+        customer = line.invoice.customer
+        url = reverse("admin:metering_customer_change", args=[customer.pk])
+        return format_html('<a href="{}">{}</a>', url, customer.external_id)
+
+    @admin.display(description="invoice")
+    def invoice_link(self, line: UnpricedLine) -> str:
+        invoice = line.invoice
+        url = reverse("admin:invoicing_invoice_change", args=[invoice.pk])
+        number = invoice.number or f"DRAFT #{invoice.pk}"
+        return format_html('<a href="{}">{} line {}</a>', url, number, line.position)
 
     @admin.display(description="period")
     def period(self, line: UnpricedLine) -> str:

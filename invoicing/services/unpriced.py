@@ -86,7 +86,10 @@ def bill_unpriced_line(*, line_id: int, rule_position: int, user: object) -> Unp
         amount -= rate_line(rule.spec, cumulative - aggregate.quantity).amount_minor
     stored = PricingRecord.from_json(line.pricing)
     record = replace(
-        PricingRecord.from_rating(rule.spec, rated), dimensions=stored.dimensions, rule=rule.match
+        PricingRecord.from_rating(rule.spec, rated),
+        dimensions=stored.dimensions,
+        rule=rule.match,
+        rule_position=rule_position,
     )
     resolution = UnpricedResolution.objects.create(
         line=line,

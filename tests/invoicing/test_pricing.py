@@ -151,8 +151,8 @@ def test_dimensions_and_the_matched_rule_are_written_only_when_a_line_has_them()
         {"match": {"model": "large"}},
     )
     assert PricingRecord.from_json(json.loads(json.dumps(stored))) == priced
-    catch_all = PricingRecord(model="per_unit", unit_amount_minor=D("1"), rule=())
-    assert catch_all.to_json()["rule"] == {"match": {}}
+    catch_all = PricingRecord(model="per_unit", unit_amount_minor=D("1"), rule=(), rule_position=4)
+    assert catch_all.to_json()["rule"] == {"match": {}, "position": 4}
     assert PricingRecord.from_json(catch_all.to_json()) == catch_all
 
 

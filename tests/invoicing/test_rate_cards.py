@@ -371,7 +371,10 @@ def test_unpriced_usage_billed_then_waived_is_audited_and_reconciles(
         (D(500), 0, {"model": "huge", "token_type": "input"}),
         (D(7), 0, {"model": "true", "token_type": "input"}),
     ]
-    assert adjustments[1].pricing["rule"] == {"match": {"model": "large", "token_type": "output"}}
+    assert adjustments[1].pricing["rule"] == {
+        "match": {"model": "large", "token_type": "output"},
+        "position": 1,
+    }
     assert UnpricedResolution.objects.get(line=huge).billed_line == adjustments[0]
     assert reconcile() == []
 

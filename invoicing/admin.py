@@ -367,6 +367,7 @@ class RateCardPriceForm(forms.ModelForm):
     class Meta:
         model = Price
         fields = ["plan", "meter", "dimensions"]
+        widgets = {"dimensions": forms.Textarea(attrs={"rows": 1, "cols": 40})}
         help_texts = {
             "dimensions": 'The event properties it prices by, e.g. ["model", "token_type"].'
         }

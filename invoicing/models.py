@@ -87,7 +87,8 @@ class Price(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.plan.code} v{self.plan.version}: {self.meter.code} ({self.model})"
+        how = f"by {', '.join(self.dimensions)}" if self.dimensions else self.model
+        return f"{self.plan.code} v{self.plan.version}: {self.meter.code} ({how})"
 
 
 class PriceTier(models.Model):

@@ -41,6 +41,7 @@ from invoicing.documents import invoice_document_context, render_invoice_documen
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.pricing import describe_price
 from invoicing.selectors import current_period
+from metering.dimensions import describe_values
 from metering.models import Customer
 from metering.serializers import decimal_text
 from portal import forms, selectors
@@ -115,6 +116,43 @@ def budget_view_model(status: BudgetStatus) -> dict[str, Any]:
     }
 
 
+def _usage_rows(usage: selectors.CurrentUsage) -> list[dict[str, Any]]:
+    """The dashboard's rows: one per line of the current period, as the usage API has them.
+    The lines of a meter priced by dimension (a rate card, DESIGN 4a) come under a heading
+    row for their meter (its name, the dimensions and the meter's amounts), each row named by
+    its group's values ("model=large, token_type=input")."""
+    rows: list[dict[str, Any]] = []
+    for line in usage.lines:
+        row: dict[str, Any] = {
+            "usage": line,
+            "basis": describe_price(
+                line.pricing,
+                kind=InvoiceLine.Kind.USAGE,
+                unit=line.meter.unit,
+                currency=usage.currency,
+            ),
+            "group": "",
+        }
+        dimensions = line.pricing.dimensions
+        if dimensions:
+            names = [name for name, _ in dimensions]
+            row["group"] = describe_values(names, tuple(value for _, value in dimensions))
+            if not rows or rows[-1]["usage"].meter.pk != line.meter.pk:
+                row["heading"] = {
+                    "dimensions": ", ".join(names),
+                    "amount_minor": sum(
+                        other.amount_minor for other in usage.lines if other.meter == line.meter
+                    ),
+                    "projected_amount_minor": sum(
+                        other.projected_amount_minor
+                        for other in usage.lines
+                        if other.meter == line.meter
+                    ),
+                }
+        rows.append(row)
+    return rows
+
+
 @customer_required
 @require_GET
 def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
@@ -128,20 +166,7 @@ def dashboard(request: HttpRequest, customer: Customer) -> HttpResponse:
     prop = options.cleaned_data.get("property") or "agent_id"
 
     usage = selectors.current_usage(customer=customer, now=now)
-    lines = []
-    if usage is not None:
-        lines = [
-            {
-                "usage": line,
-                "basis": describe_price(
-                    line.pricing,
-                    kind=InvoiceLine.Kind.USAGE,
-                    unit=line.meter.unit,
-                    currency=usage.currency,
-                ),
-            }
-            for line in usage.lines
-        ]
+    lines = _usage_rows(usage) if usage is not None else []
     budget = budget_selectors.get_budget_status(
         customer=customer, now=now, known=(usage.period, usage.total_minor) if usage else None
     )

@@ -82,14 +82,21 @@ def test_api_portal_email_and_document_show_the_same_per_dimension_lines(
     assert from_usage == [(dims, quantity, amount) for dims, quantity, amount, _ in EXPECTED]
     page = dashboard.content.decode()
     rows = re.findall(
-        r'<tr data-meter="([^"]+)" data-quantity="([^"]+)" data-amount-minor="(\d+)">\s*'
-        r'<th scope="row">([^<]+)<',
+        r'<tr data-meter="([^"]+)" data-quantity="([^"]+)" data-amount-minor="(\d+)"'
+        r'(?: data-group="([^"]*)")?',
         page,
     )
     assert [(D(q), int(a)) for _, q, a, _ in rows] == [(q, a) for _, q, a in from_usage]
     assert [meter for meter, *_ in rows] == [line["meter"] for line in usage["lines"]]
-    shown_names = [name.strip() for *_, name in rows]
-    assert "Llm Tokens — model=medium, token_type=input" in shown_names  # the factory names it
+    groups = [group for *_, group in rows]
+    # Rate card groups come under their meter's heading, named by their values.
+    heading = re.search(
+        r'<tr class="meter-heading" data-meter-heading="llm_tokens" '
+        r'data-amount-minor="(\d+)">',
+        page,
+    )
+    assert heading is not None and int(heading.group(1)) == 4000 + 3000 + 200 + 800
+    assert page.index("data-meter-heading") < page.index('data-group="model=large')
 
     # The close: the invoice API has the same lines, from the same rating.
     closing.close_due_periods(now=T0 + H + timedelta(minutes=10))
@@ -99,7 +106,10 @@ def test_api_portal_email_and_document_show_the_same_per_dimension_lines(
         (line.get("dimensions"), D(line["quantity"]), line["amount_minor"], line["kind"])
         for line in listed
     ] == EXPECTED
-    assert [line["description"] for line in listed] == shown_names
+    assert [
+        line["description"].split(" — ", 1)[1] if " — " in line["description"] else ""
+        for line in listed
+    ] == groups
     assert invoice.total_minor == usage["total_minor"] == 500 + 5 + 4000 + 3000 + 200 + 800
 
     # The usage summary e-mail, as sent.

@@ -41,7 +41,8 @@ SQLITE_TESTS := tests/metering tests/invoicing/test_closing.py \
 	tests/invoicing/stripe/test_stripe_reconcile.py tests/invoicing/stripe/test_stripe_usage.py \
 	tests/budgets tests/portal/test_pages.py \
 	tests/billing_cycle tests/invoicing/test_plan_immutability.py tests/invoicing/test_rate_cards.py \
-	tests/invoicing/test_rate_card_reads.py
+	tests/invoicing/test_rate_card_reads.py tests/invoicing/test_rate_card_admin.py \
+	tests/invoicing/test_same_lines.py
 
 ## test: lint, type check, migration check, the whole suite on a throw-away PostgreSQL server,
 ## then the SQLite pass (SQLITE_TESTS on a SQLite file in a temporary directory)

@@ -23,5 +23,5 @@ def grant(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("invoicing", "0012_unpriced_lines")]
+    dependencies = [("invoicing", "0013_stripe_as_it_behaves")]
     operations = [migrations.RunPython(grant, migrations.RunPython.noop)]

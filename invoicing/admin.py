@@ -32,7 +32,7 @@ from invoicing import (  # stripe_admin registers the Stripe pages
     stripe_admin,
     unpriced_admin,  # registers the unpriced usage pages
 )
-from invoicing.documents import render_invoice_document
+from invoicing.documents import document_filename, render_invoice_document, render_invoice_pdf
 from invoicing.models import (
     BillingPeriod,
     Invoice,
@@ -892,6 +892,7 @@ class InvoiceAdmin(admin.ModelAdmin):
         "summary_sent_at",
         "finalize_after",
         "finalized_at",
+        "due_at",
         "paid_at",
         "voided_at",
         "void_reason",
@@ -928,7 +929,13 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.display(description="document")
     def document_link(self, invoice: Invoice) -> str:
         url = reverse("admin:invoicing_invoice_document", args=[invoice.pk])
-        return format_html('<a href="{}" target="_blank" rel="noopener">View document</a>', url)
+        pdf = reverse("admin:invoicing_invoice_pdf", args=[invoice.pk])
+        return format_html(
+            '<a href="{}" target="_blank" rel="noopener">View document</a> · '
+            '<a href="{}" class="invoice-pdf">PDF</a>',
+            url,
+            pdf,
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -948,7 +955,24 @@ class InvoiceAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.document_view),
             name="invoicing_invoice_document",
         )
-        return [document, *super().get_urls()]
+        pdf = path(
+            "<path:object_id>/pdf/",
+            self.admin_site.admin_view(self.pdf_view),
+            name="invoicing_invoice_pdf",
+        )
+        return [document, pdf, *super().get_urls()]
+
+    def pdf_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The invoice document as a PDF download (staff with view permission)."""
+        invoice = self.get_object(request, unquote(object_id))
+        if invoice is None:
+            raise Http404("no such invoice")
+        if not self.has_view_permission(request, invoice):
+            raise PermissionDenied
+        response = HttpResponse(render_invoice_pdf(invoice), content_type="application/pdf")
+        filename = document_filename(invoice, "pdf")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
 
     def document_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The print-ready invoice document (staff only, with view permission)."""

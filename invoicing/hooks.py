@@ -1,4 +1,10 @@
-"""One extension point: the cap that limits what a closed period may bill.
+"""Extension points for the apps above invoicing: the cap that limits what a closed period
+may bill, and what happens when an invoice is finalized.
+
+Finalized invoices: notifications registers the invoice e-mail (with its PDF) here, so its
+outbox row is written in the finalizing transaction and commits or rolls back with it.
+
+Caps:
 
 budgets rates a period's spend with invoicing's selectors, so it sits above invoicing and
 invoicing must not import it; yet the close writes a cap-credit line for usage beyond an
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 
 from django.core.exceptions import ImproperlyConfigured
 
-from invoicing.models import BillingPeriod
+from invoicing.models import BillingPeriod, Invoice
 
 
 @dataclass(frozen=True)
@@ -47,3 +53,18 @@ def period_caps(periods: Sequence[BillingPeriod]) -> dict[int, PeriodCap | None]
     if _period_caps is None:
         raise ImproperlyConfigured("no budget cap provider: is the budgets app installed?")
     return _period_caps(periods)
+
+
+InvoiceFinalized = Callable[[Invoice], object]
+_on_invoice_finalized: list[InvoiceFinalized] = []
+
+
+def register_invoice_finalized(function: InvoiceFinalized) -> None:
+    if function not in _on_invoice_finalized:
+        _on_invoice_finalized.append(function)
+
+
+def invoice_finalized(invoice: Invoice) -> None:
+    """Called inside the transaction that finalizes `invoice` (invoices._transition)."""
+    for function in _on_invoice_finalized:
+        function(invoice)

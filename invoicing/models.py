@@ -234,6 +234,8 @@ class Invoice(models.Model):
     summary_sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finalized_at = models.DateTimeField(null=True, blank=True)
+    # When payment is due: finalized_at + BILLING_PAYMENT_TERMS_DAYS, fixed at finalization.
+    due_at = models.DateTimeField(null=True, blank=True)
     paid_at = models.DateTimeField(null=True, blank=True)
     voided_at = models.DateTimeField(null=True, blank=True)
     void_reason = models.TextField(blank=True)
@@ -355,6 +357,81 @@ class UnpricedResolution(models.Model):
 
 class InvoiceNumberSequence(models.Model):
     """The last invoice number issued per year; its row lock makes numbering gapless."""
+
+    year = models.PositiveSmallIntegerField(primary_key=True)
+    last_number = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.year}: {self.last_number}"
+
+
+class CreditNote(models.Model):
+    """A correction of a finalized invoice without voiding it: it credits some of the invoice's
+    lines (each at most what the line billed, less earlier credits), with a reason, and so
+    reduces what the customer owes. Numbered gaplessly in its own sequence (CN-2026-000001);
+    never changes once issued. With BILLING_BACKEND=stripe it is created in Stripe as a
+    credit note on the Stripe invoice (invoicing.stripe.credit_notes)."""
+
+    class StripeStatus(models.TextChoices):
+        NONE = "", "Not for Stripe"
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    number = models.CharField(max_length=32, unique=True)
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    total_minor = models.BigIntegerField()
+    reason = models.TextField(max_length=1000)
+    issued_at = models.DateTimeField()
+    # Stripe delivery (an outbox row of its own: intent recorded before the call).
+    stripe_status = models.CharField(
+        max_length=16, choices=StripeStatus.choices, default=StripeStatus.NONE, blank=True
+    )
+    stripe_credit_note_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    stripe_attempts = models.PositiveIntegerField(default=0)
+    stripe_last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-issued_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(condition=Q(total_minor__gt=0), name="credit_note_total_gt_0"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class CreditNoteLine(models.Model):
+    """The part of one invoice line that a credit note credits (a positive amount)."""
+
+    credit_note = models.ForeignKey(CreditNote, on_delete=models.PROTECT, related_name="lines")
+    invoice_line = models.ForeignKey(
+        InvoiceLine, on_delete=models.PROTECT, related_name="credit_lines"
+    )
+    position = models.PositiveSmallIntegerField()
+    description = models.CharField(max_length=300)
+    amount_minor = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["credit_note", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["credit_note", "position"], name="credit_line_position_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["credit_note", "invoice_line"], name="credit_line_once_per_note"
+            ),
+            models.CheckConstraint(condition=Q(amount_minor__gt=0), name="credit_line_gt_0"),
+        ]
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class CreditNoteNumberSequence(models.Model):
+    """The last credit note number issued per year (gapless, like InvoiceNumberSequence)."""
 
     year = models.PositiveSmallIntegerField(primary_key=True)
     last_number = models.PositiveIntegerField(default=0)

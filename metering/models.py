@@ -60,6 +60,9 @@ class Customer(models.Model):
     currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES, default="USD")
     timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone_name])
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Billing details printed on its invoices and credit notes (the legal name is `name`).
+    billing_address = models.TextField(max_length=1000, blank=True)
+    tax_id = models.CharField(max_length=64, blank=True, help_text="VAT or other tax number")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -6,4 +6,10 @@ class NotificationsConfig(AppConfig):
     verbose_name = "Notifications"
 
     def ready(self) -> None:
-        from notifications import receivers  # noqa: F401 - connects the receiver
+        from invoicing import hooks as invoicing_hooks
+        from notifications import (
+            receivers,  # noqa: F401 - connects the receiver
+            services,
+        )
+
+        invoicing_hooks.register_invoice_finalized(services.queue_invoice_email)

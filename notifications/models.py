@@ -15,6 +15,7 @@ from metering.models import Customer
 class Notification(models.Model):
     class Kind(models.TextChoices):
         USAGE_SUMMARY = "usage_summary", "Usage summary before charging"
+        INVOICE = "invoice", "Finalized invoice (PDF attached)"
         BUDGET_ALERT = "budget_alert", "Budget threshold alert"
         OPS_PAUSED = "ops_paused", "Finance: customer paused"
         OPS_BOUNCE = "ops_bounce", "Finance: billing e-mail bounced"

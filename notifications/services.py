@@ -22,6 +22,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from invoicing.documents import document_filename, invoice_document_context, render_invoice_pdf
 from invoicing.models import Invoice, InvoiceLine
 from invoicing.pricing import describe_line_price
 from invoicing.services import invoices as invoice_services
@@ -103,6 +104,13 @@ def send_notification(*, notification_id: int) -> Notification:
         to=notification.recipients,
     )
     message.attach_alternative(render_to_string(f"{template}.html", context), "text/html")
+    if notification.kind == N.Kind.INVOICE and notification.invoice_id:
+        invoice = Invoice.objects.select_related("customer", "period").get(
+            pk=notification.invoice_id
+        )
+        message.attach(
+            document_filename(invoice, "pdf"), render_invoice_pdf(invoice), "application/pdf"
+        )
     message.extra_headers["X-Billing-Notification"] = notification.key
     try:
         message.send()
@@ -190,6 +198,44 @@ def summary_context(invoice: Invoice) -> dict[str, Any]:
         "charge_after_local": customer_time(charge_after, invoice.customer),
         "portal_url": f"{base}/portal/invoices/{invoice.pk}/",
     }
+
+
+# --- The invoice -----------------------------------------------------------------------------
+
+
+def invoice_email_context(invoice: Invoice) -> dict[str, Any]:
+    customer = invoice.customer
+    document = invoice_document_context(invoice)
+    base = settings.PORTAL_BASE_URL.rstrip("/")
+    return {
+        "customer_name": customer.name,
+        "number": invoice.number,
+        "period_local": document["period"].local,
+        "issued": document["issued"],
+        "due": document["due"],
+        "total": document["total"],
+        "seller_name": document["seller"].name,
+        "portal_url": f"{base}/portal/invoices/{invoice.pk}/",
+    }
+
+
+def queue_invoice_email(invoice: Invoice) -> Notification | None:
+    """The finalized invoice to the billing contacts, its PDF attached when sent: with the
+    local backend (Stripe sends its own invoice e-mails). Called in the finalizing
+    transaction (invoicing.hooks), so the outbox row commits with the invoice number."""
+    if settings.BILLING_BACKEND != "local":
+        return None
+    return queue_notification(
+        key=f"invoice:{invoice.pk}",
+        kind=N.Kind.INVOICE,
+        recipients=list(invoice.customer.emails),
+        subject=f"Invoice {invoice.number} from {settings.BILLING_SELLER_NAME}: "
+        f"{format_minor(invoice.total_minor, invoice.currency)}",
+        context=invoice_email_context(invoice),
+        customer=invoice.customer,
+        invoice_id=invoice.pk,
+        period_start=invoice.period.start,
+    )
 
 
 def requeue_stale_messages(*, now: datetime) -> int:

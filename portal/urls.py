@@ -30,6 +30,7 @@ urlpatterns = [
     path("invoices/", views.invoice_list, name="invoices"),
     path("invoices/<int:invoice_id>/", views.invoice_detail, name="invoice"),
     path("invoices/<int:invoice_id>/document/", views.invoice_document, name="invoice_document"),
+    path("invoices/<int:invoice_id>/invoice.pdf", views.invoice_pdf, name="invoice_pdf"),
     path("billing/", billing.billing, name="billing"),
     path("billing/payment-method/", billing.add_payment_method, name="add_payment_method"),
     path("export/", views.export, name="export"),

@@ -37,7 +37,12 @@ from budgets import selectors as budget_selectors
 from budgets import services as budget_services
 from budgets.models import DEFAULT_THRESHOLDS, BudgetCap
 from budgets.selectors import BudgetStatus
-from invoicing.documents import invoice_document_context, render_invoice_document
+from invoicing.documents import (
+    document_filename,
+    invoice_document_context,
+    render_invoice_document,
+    render_invoice_pdf,
+)
 from invoicing.models import BillingPeriod, Invoice, InvoiceLine
 from invoicing.pricing import describe_price
 from invoicing.selectors import current_period
@@ -278,6 +283,9 @@ def invoice_detail(request: HttpRequest, customer: Customer, invoice_id: int) ->
             "invoice": invoice,
             "lines": document["lines"],
             "total": document["total"],
+            "credits": document["credits"],
+            "amount_due": document["amount_due"],
+            "payment_state": document["payment_state"],
             "hosted_url": hosted_invoice_url(invoice),
         },
     )
@@ -294,6 +302,19 @@ def invoice_document(request: HttpRequest, customer: Customer, invoice_id: int) 
     if request.GET.get("download"):
         name = invoice.number or f"draft-{invoice.pk}"
         response["Content-Disposition"] = f'attachment; filename="invoice-{_safe(name)}.html"'
+    return response
+
+
+@customer_required
+@require_GET
+def invoice_pdf(request: HttpRequest, customer: Customer, invoice_id: int) -> HttpResponse:
+    """The invoice document as a PDF download."""
+    invoice = get_object_or_404(
+        Invoice.objects.select_related("period", "customer"), pk=invoice_id, customer=customer
+    )
+    response = HttpResponse(render_invoice_pdf(invoice), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{document_filename(invoice, "pdf")}"'
+    response["Cache-Control"] = "no-store"
     return response
 
 

@@ -256,6 +256,15 @@ BILLING_MAX_EVENT_FUTURE = env_int("BILLING_MAX_EVENT_FUTURE", 5 * 60, minimum=0
 BILLING_GRACE_PERIOD = env_int("BILLING_GRACE_PERIOD", 3600, minimum=0)
 BILLING_REVIEW_PERIOD = env_int("BILLING_REVIEW_PERIOD", 24 * 3600, minimum=0)
 BILLING_BACKEND = env_str("BILLING_BACKEND", "local")
+# Payment terms: an invoice is due this many days after it is finalized (its due date is fixed
+# then); Stripe's send_invoice days until due default to it.
+BILLING_PAYMENT_TERMS_DAYS = env_int("BILLING_PAYMENT_TERMS_DAYS", 30, minimum=0)
+# The seller printed on every invoice and credit note: legal name, postal address (lines
+# separated by newlines or by "\n"), tax id (VAT number), and a contact e-mail.
+BILLING_SELLER_NAME = env_str("BILLING_SELLER_NAME", "Agent Billing Operator")
+BILLING_SELLER_ADDRESS = env_str("BILLING_SELLER_ADDRESS", "")
+BILLING_SELLER_TAX_ID = env_str("BILLING_SELLER_TAX_ID", "")
+BILLING_SELLER_EMAIL = env_str("BILLING_SELLER_EMAIL", "")
 
 # --- Stripe (BILLING_BACKEND=stripe, and/or usage reporting through Billing Meters) ---------
 STRIPE_API_KEY = env_str("STRIPE_API_KEY", "")
@@ -267,7 +276,9 @@ STRIPE_TIMEOUT = env_int("STRIPE_TIMEOUT", 30, minimum=1)  # seconds per request
 # Stripe account (staging and production, say) must use different prefixes.
 STRIPE_KEY_PREFIX = env_str("STRIPE_KEY_PREFIX", "billing")
 STRIPE_COLLECTION_METHOD = env_str("STRIPE_COLLECTION_METHOD", "charge_automatically")
-STRIPE_DAYS_UNTIL_DUE = env_int("STRIPE_DAYS_UNTIL_DUE", 30, minimum=1)  # send_invoice only
+STRIPE_DAYS_UNTIL_DUE = env_int(
+    "STRIPE_DAYS_UNTIL_DUE", max(BILLING_PAYMENT_TERMS_DAYS, 1), minimum=1
+)  # send_invoice only
 STRIPE_USAGE_REPORTING = env_str("STRIPE_USAGE_REPORTING", "off")
 # Realtime reporting leaves events younger than this alone (seconds), so an ingestion
 # transaction still in flight is never skipped by the watermark.

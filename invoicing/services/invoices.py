@@ -20,7 +20,7 @@ from django.db.models.functions import Greatest
 
 from audit.services import record_audit
 from billing_project.errors import DomainError
-from invoicing import tasks
+from invoicing import hooks, tasks
 from invoicing.backends import get_backend
 from invoicing.backends.base import Delivery
 from invoicing.models import Invoice, InvoiceNumberSequence, StripeInvoiceSync
@@ -83,7 +83,8 @@ def _transition(
     if to == S.FINALIZED:
         invoice.number = _next_number(now.year)
         invoice.finalized_at = now
-        fields += ["number", "finalized_at"]
+        invoice.due_at = now + timedelta(days=settings.BILLING_PAYMENT_TERMS_DAYS)
+        fields += ["number", "finalized_at", "due_at"]
     elif to == S.PAID:
         invoice.paid_at = now
         fields.append("paid_at")
@@ -92,6 +93,8 @@ def _transition(
         invoice.void_reason = (data or {}).get("reason", "")
         fields += ["voided_at", "void_reason"]
     invoice.save(update_fields=fields)
+    if to == S.FINALIZED:
+        hooks.invoice_finalized(invoice)  # the invoice e-mail's outbox row, in this transaction
     # After commit the billing backend is brought in line: a finalized invoice is charged or
     # sent, a later status (paid or void here, say) is pushed to where it was sent.
     tasks.deliver_invoice.delay_on_commit(invoice.pk)

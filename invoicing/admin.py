@@ -27,7 +27,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from invoicing import (  # stripe_admin registers the Stripe pages
+from invoicing import (  # stripe_admin, credit_note_admin and unpriced_admin register pages
+    credit_note_admin,
     selectors,
     stripe_admin,
     unpriced_admin,  # registers the unpriced usage pages
@@ -888,6 +889,7 @@ class InvoiceAdmin(admin.ModelAdmin):
         "currency",
         "total",
         "document_link",
+        "credit_notes",
         "created_at",
         "summary_sent_at",
         "finalize_after",
@@ -909,6 +911,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     ]
     stripe_invoice_link = staticmethod(stripe_admin.stripe_invoice_link)
     stripe_delivery_status = staticmethod(stripe_admin.stripe_delivery_status)
+    credit_notes = staticmethod(credit_note_admin.credit_notes_of)
 
     @admin.display(description="number", ordering="number")
     def display_number(self, invoice: Invoice) -> str:
@@ -960,7 +963,7 @@ class InvoiceAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.pdf_view),
             name="invoicing_invoice_pdf",
         )
-        return [document, pdf, *super().get_urls()]
+        return [document, pdf, *credit_note_admin.invoice_urls(self), *super().get_urls()]
 
     def pdf_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The invoice document as a PDF download (staff with view permission)."""

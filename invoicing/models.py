@@ -372,25 +372,14 @@ class CreditNote(models.Model):
     never changes once issued. With BILLING_BACKEND=stripe it is created in Stripe as a
     credit note on the Stripe invoice (invoicing.stripe.credit_notes)."""
 
-    class StripeStatus(models.TextChoices):
-        NONE = "", "Not for Stripe"
-        PENDING = "pending", "Pending"
-        DELIVERED = "delivered", "Delivered"
-        FAILED = "failed", "Failed"
-
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
     number = models.CharField(max_length=32, unique=True)
     currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
     total_minor = models.BigIntegerField()
     reason = models.TextField(max_length=1000)
     issued_at = models.DateTimeField()
-    # Stripe delivery (an outbox row of its own: intent recorded before the call).
-    stripe_status = models.CharField(
-        max_length=16, choices=StripeStatus.choices, default=StripeStatus.NONE, blank=True
-    )
+    # The Stripe credit note this one was delivered as (BILLING_BACKEND=stripe).
     stripe_credit_note_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
-    stripe_attempts = models.PositiveIntegerField(default=0)
-    stripe_last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -525,6 +514,35 @@ class StripeInvoiceSync(models.Model):
 
     def __str__(self) -> str:
         return f"{self.invoice}: {self.status}"
+
+
+class StripeCreditNoteSync(models.Model):
+    """The delivery of one credit note to Stripe (invoicing.stripe.credit_notes), following
+    the same outbox as invoices: pending, delivered, failed, needs_attention."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+        NEEDS_ATTENTION = "needs_attention", "Needs attention"
+
+    credit_note = models.OneToOneField(
+        CreditNote, on_delete=models.PROTECT, related_name="stripe_sync"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "Stripe credit note sync"
+
+    def __str__(self) -> str:
+        return f"{self.credit_note}: {self.status}"
 
 
 class StripeMeterMapping(models.Model):

@@ -53,6 +53,26 @@ def stripe_use_payment_method(
     )
 
 
+@shared_task(
+    base=DjangoTask,  # queued with delay_on_commit
+    bind=True,
+    name="invoicing.deliver_credit_note",
+    ignore_result=True,
+    max_retries=None,
+)
+def deliver_credit_note(self, credit_note_id: int) -> None:
+    """Create a credit note in Stripe (BILLING_BACKEND=stripe); transient errors retry with
+    backoff, the outbox makes the write once."""
+    from invoicing.stripe import credit_notes, outbox
+
+    try:
+        credit_notes.deliver_credit_note(credit_note_id=credit_note_id)
+    except ConnectionError as exc:  # TransientStripeError included
+        raise self.retry(
+            exc=exc, countdown=outbox.retry_delay(exc, retries=self.request.retries)
+        ) from exc
+
+
 @shared_task(name="invoicing.stripe_report_usage", ignore_result=True)
 def stripe_report_usage() -> dict[str, int]:
     """Write the due usage reports (after closes, and every few minutes for realtime); each
@@ -80,10 +100,11 @@ def stripe_send_usage_report(self, report_id: int) -> None:
 @shared_task(name="invoicing.stripe_resume_sync", ignore_result=True)
 def stripe_resume_sync() -> dict[str, int]:
     """Every few minutes (beat): queue again Stripe deliveries and reports left pending."""
-    from invoicing.stripe import invoices, usage_reports
+    from invoicing.stripe import credit_notes, invoices, usage_reports
 
     now = timezone.now()
     return {
         "invoices": invoices.resume_deliveries(now=now),
         "usage_reports": usage_reports.resume_usage_reports(now=now),
+        "credit_notes": credit_notes.resume(now=now),
     }

@@ -58,6 +58,25 @@ def format_minor(amount_minor: int, currency: str) -> str:
     return f"{sign}{cur.symbol}{text}"
 
 
+def parse_major(text: str, currency: str) -> int:
+    """An amount typed in major units ("12.50", "1,234.5", "$3") -> minor units, exactly;
+    ValueError (with the reason) for anything else, or more places than the currency has."""
+    cur = CURRENCIES[currency]
+    cleaned = text.strip().replace(",", "").removeprefix(cur.symbol).strip()
+    try:
+        value = Decimal(cleaned)
+    except decimal.InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount") from None
+    if not value.is_finite():
+        raise ValueError(f"{text!r} is not an amount")
+    minor = value.scaleb(cur.exponent)
+    if minor != minor.to_integral_value():
+        raise ValueError(f"{currency} amounts have at most {cur.exponent} decimal places")
+    if abs(minor) > 10**15:
+        raise ValueError("the amount is too large")
+    return int(minor)
+
+
 def format_unit_amount(unit_amount_minor: Decimal, currency: str) -> str:
     """A unit price (minor units, up to 12 places) in major units, exactly: 0.002 -> "$0.00002".
 

@@ -207,6 +207,7 @@ class FakeStripe:
             self.customers: dict[str, dict[str, Any]] = {}
             self.invoices: dict[str, dict[str, Any]] = {}
             self.invoice_items: dict[str, dict[str, Any]] = {}
+            self.credit_notes: dict[str, dict[str, Any]] = {}
             self.meters: dict[str, dict[str, Any]] = {}
             self.meter_events: list[dict[str, Any]] = []
             self.idempotency: dict[str, _Stored] = {}
@@ -648,6 +649,10 @@ class FakeStripe:
             "total": total,
             "amount_due": amount_due,
             **settled,
+            "pre_payment_credit_notes_amount": self._pre_payment_credits(invoice["id"]),
+            "post_payment_credit_notes_amount": sum(
+                n["post_payment_amount"] for n in self._notes_of(invoice["id"])
+            ),
             "lines": {
                 "object": "list",
                 "data": lines,
@@ -1009,6 +1014,173 @@ class FakeStripe:
             raise ApiError(404, f"No such setupintent: '{id}'", code="resource_missing")
         return self.setup_intents[id]
 
+    # --- credit notes -----------------------------------------------------------------------
+    # As Stripe's API reference has them: a credit note adjusts a finalized invoice (open,
+    # paid or uncollectible; not a draft or a void one). One of `amount` or `lines` is given;
+    # a line is an `invoice_line_item` (one of the invoice's lines, with `amount` or
+    # `quantity`) or a `custom_line_item` (`description`, `unit_amount`, `quantity`, default
+    # 1). The part up to what remains due is the pre-payment amount (it lowers amount_due);
+    # the rest, the post-payment amount, must be sent somewhere: refund_amount +
+    # credit_amount + out_of_band_amount must equal it. All credit notes of an invoice
+    # together never exceed its total.
+
+    def _notes_of(self, stripe_invoice_id: str) -> list[dict[str, Any]]:
+        return [n for n in self.credit_notes.values() if n["invoice"] == stripe_invoice_id]
+
+    def _pre_payment_credits(self, stripe_invoice_id: str) -> int:
+        return sum(
+            n["pre_payment_amount"]
+            for n in self.credit_notes.values()
+            if n["invoice"] == stripe_invoice_id and n["status"] == "issued"
+        )
+
+    def create_credit_note(self, params: dict[str, Any]) -> dict[str, Any]:
+        invoice_id = params.get("invoice")
+        if not invoice_id:
+            raise ApiError(400, "Missing required param: invoice.", param="invoice")
+        invoice = self._invoice(invoice_id)
+        if invoice["status"] not in {"open", "paid", "uncollectible"}:
+            raise ApiError(
+                400,
+                f"You can only create credit notes for finalized invoices; {invoice_id} is "
+                f"{invoice['status']}.",
+                param="invoice",
+            )
+        view = self._invoice_view(invoice)
+        lines_in = params.get("lines")
+        if lines_in is None and "amount" not in params:
+            raise ApiError(400, "One of `amount`, `lines`, or `shipping_cost` must be provided.")
+        invoice_lines = {line["id"]: line for line in view["lines"]["data"]}
+        lines = []
+        for index, line in enumerate(lines_in or []):
+            kind = line.get("type")
+            if kind == "invoice_line_item":
+                target = invoice_lines.get(line.get("invoice_line_item"))
+                if target is None:
+                    raise ApiError(
+                        400,
+                        f"Invalid invoice line item: {line.get('invoice_line_item')}",
+                        param=f"lines[{index}][invoice_line_item]",
+                    )
+                if "amount" in line:
+                    amount = int(line["amount"])
+                elif "quantity" in line:
+                    amount = int(line["quantity"]) * target["amount"] // max(target["quantity"], 1)
+                else:
+                    raise ApiError(
+                        400, "Provide amount or quantity.", param=f"lines[{index}][amount]"
+                    )
+                description = target["description"]
+                quantity = int(line.get("quantity", target["quantity"]))
+            elif kind == "custom_line_item":
+                if "unit_amount" not in line and "unit_amount_decimal" not in line:
+                    raise ApiError(
+                        400,
+                        "Missing required param: unit_amount.",
+                        param=f"lines[{index}][unit_amount]",
+                    )
+                if not line.get("description"):
+                    raise ApiError(
+                        400,
+                        "Missing required param: description.",
+                        param=f"lines[{index}][description]",
+                    )
+                quantity = int(line.get("quantity", 1))
+                unit = Decimal(line.get("unit_amount", line.get("unit_amount_decimal")))
+                amount = int((unit * quantity).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+                description = line["description"]
+            else:
+                raise ApiError(
+                    400,
+                    f"Invalid lines[{index}][type]: must be one of invoice_line_item or "
+                    "custom_line_item",
+                    param=f"lines[{index}][type]",
+                )
+            if amount <= 0:
+                raise ApiError(400, "Credit note line amounts must be positive.")
+            lines.append(
+                {
+                    "id": self._id("cnli"),
+                    "object": "credit_note_line_item",
+                    "amount": amount,
+                    "description": description,
+                    "invoice_line_item": line.get("invoice_line_item"),
+                    "quantity": quantity,
+                    "type": kind,
+                }
+            )
+        total = sum(line["amount"] for line in lines) if lines else int(params["amount"])
+        if lines and "amount" in params and int(params["amount"]) != total:
+            raise ApiError(400, "The amount must equal the sum of the lines.", param="amount")
+        earlier = sum(n["total"] for n in self._notes_of(invoice_id))
+        if earlier + total > view["total"]:
+            raise ApiError(
+                400,
+                "The sum of the credit notes' amounts cannot exceed the invoice's total "
+                f"({view['total']}).",
+                param="amount",
+            )
+        pre = 0 if invoice["status"] == "paid" else min(total, view["amount_remaining"])
+        post = total - pre
+        settled = sum(
+            int(params.get(name, 0))
+            for name in ("refund_amount", "credit_amount", "out_of_band_amount")
+        )
+        if settled != post:
+            raise ApiError(
+                400,
+                f"The sum of credit amount, refund amount and out of band amount ({settled}) "
+                f"must equal the credit note's post-payment amount ({post}).",
+            )
+        note_id = self._id("cn")
+        note = {
+            "id": note_id,
+            "object": "credit_note",
+            "amount": total,
+            "subtotal": total,
+            "total": total,
+            "created": int(time.time()),
+            "currency": invoice["currency"],
+            "customer": invoice["customer"],
+            "invoice": invoice_id,
+            "livemode": False,
+            "memo": params.get("memo"),
+            "metadata": params.get("metadata", {}),
+            "number": f"{invoice['number']}-CN-{len(self._notes_of(invoice_id)) + 1:02d}",
+            "reason": params.get("reason"),
+            "status": "issued",
+            "type": "post_payment" if post else "pre_payment",
+            "pre_payment_amount": pre,
+            "post_payment_amount": post,
+            "credit_amount": int(params.get("credit_amount", 0)),
+            "refund_amount": int(params.get("refund_amount", 0)),
+            "out_of_band_amount": int(params.get("out_of_band_amount", 0)),
+            "lines": {
+                "object": "list",
+                "data": lines,
+                "has_more": False,
+                "url": f"/v1/credit_notes/{note_id}/lines",
+            },
+        }
+        self.credit_notes[note_id] = note
+        # The pre-payment part lowers what is due and what remains (never below zero).
+        invoice["amount_due"] = max(invoice["amount_due"] - pre, 0)
+        invoice["amount_remaining"] = max(invoice["amount_remaining"] - pre, 0)
+        if invoice["status"] == "open" and invoice["amount_remaining"] == 0:
+            # Stripe marks an open invoice paid once credit notes leave nothing due.
+            invoice["status"] = "paid"
+            invoice["status_transitions"]["paid_at"] = int(time.time())
+        return note
+
+    def list_credit_notes(self, params: dict[str, Any]) -> dict[str, Any]:
+        rows = [
+            n
+            for n in self.credit_notes.values()
+            if ("invoice" not in params or n["invoice"] == params["invoice"])
+            and ("customer" not in params or n["customer"] == params["customer"])
+        ]
+        return self._page(rows, params, "/v1/credit_notes")
+
     # --- lists ----------------------------------------------------------------------------
 
     def _page(self, rows: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict:
@@ -1035,6 +1207,8 @@ _ROUTES = [
     ("POST", r"/v1/invoices/(?P<id>[^/]+)/void", "void_invoice"),
     ("POST", r"/v1/invoices/(?P<id>[^/]+)/mark_uncollectible", "mark_uncollectible"),
     ("POST", r"/v1/invoiceitems", "create_item"),
+    ("POST", r"/v1/credit_notes", "create_credit_note"),
+    ("GET", r"/v1/credit_notes", "list_credit_notes"),
     ("GET", r"/v1/invoiceitems", "list_items"),
     ("POST", r"/v1/billing/meter_events", "create_meter_event"),
     ("GET", r"/v1/billing/meters", "list_meters"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from invoicing.backends.base import BillingBackend, Delivery
 from invoicing.models import Invoice, StripeInvoiceSync
-from invoicing.stripe import invoices, reconcile
+from invoicing.stripe import credit_notes, invoices, reconcile
 
 
 class StripeBackend(BillingBackend):
@@ -47,4 +47,4 @@ class StripeBackend(BillingBackend):
         )
 
     def reconcile(self) -> list[str]:
-        return reconcile.reconcile_with_stripe()
+        return reconcile.reconcile_with_stripe() + credit_notes.reconcile_with_stripe()

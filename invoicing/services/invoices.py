@@ -12,6 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http import HTTPStatus
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -23,7 +24,14 @@ from billing_project.errors import DomainError
 from invoicing import hooks, tasks
 from invoicing.backends import get_backend
 from invoicing.backends.base import Delivery
-from invoicing.models import Invoice, InvoiceNumberSequence, StripeInvoiceSync
+from invoicing.models import (
+    CreditNoteNumberSequence,
+    Invoice,
+    InvoiceNumberSequence,
+    StripeInvoiceSync,
+)
+
+SequenceModel = TypeVar("SequenceModel", InvoiceNumberSequence, CreditNoteNumberSequence)
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +57,24 @@ class SummaryNotSent(TransitionNotAllowed):
     what for (finance may skip the review period, never the summary)."""
 
 
-def _next_number(year: int) -> str:
+def next_in_sequence(sequence_model: type[SequenceModel], year: int, prefix: str) -> str:
     """Take the next number of the year under the sequence row's lock: gapless, because the
-    increment commits or rolls back with the invoice that uses it."""
+    increment commits or rolls back with the document that uses it (invoices: INV-, credit
+    notes: CN-, each with its own sequence table)."""
     try:
         with transaction.atomic():
-            InvoiceNumberSequence.objects.get_or_create(year=year)
+            sequence_model.objects.get_or_create(year=year)
     except IntegrityError:
         pass  # created concurrently; the lock below serializes us behind it
-    sequence = InvoiceNumberSequence.objects.select_for_update().get(year=year)
+    sequence = sequence_model.objects.select_for_update().get(year=year)
     sequence.last_number = F("last_number") + 1
     sequence.save(update_fields=["last_number"])
     sequence.refresh_from_db(fields=["last_number"])
-    return f"INV-{year}-{sequence.last_number:06d}"
+    return f"{prefix}-{year}-{sequence.last_number:06d}"
+
+
+def _next_number(year: int) -> str:
+    return next_in_sequence(InvoiceNumberSequence, year, "INV")
 
 
 def _transition(

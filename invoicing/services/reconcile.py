@@ -15,7 +15,14 @@ from django.db.models import Count, Max, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncHour
 
 from invoicing.backends import get_backend
-from invoicing.models import BillingPeriod, Invoice, InvoiceLine, UnpricedResolution
+from invoicing.models import (
+    BillingPeriod,
+    CreditNote,
+    CreditNoteLine,
+    Invoice,
+    InvoiceLine,
+    UnpricedResolution,
+)
 from invoicing.pricing import plan_price_specs, price_dimensions, rate_group
 from metering import aggregation, aggregations
 from metering.models import Meter, UsageAggregate, UsageEvent, UsageRollup
@@ -28,10 +35,51 @@ def reconcile() -> list[str]:
     problems += _lines_match_aggregates()
     problems += _invoices_match_lines()
     problems += _periods_have_one_invoice()
+    problems += _credit_notes_match_their_lines()
     problems += _no_event_left_behind()
     problems += _unpriced_usage_resolved()
     problems += _rollups_match_events()
     problems += get_backend().reconcile()  # what the billing backend holds (Stripe)
+    return problems
+
+
+def _credit_notes_match_their_lines() -> list[str]:
+    """A credit note's total is the sum of its lines, in its invoice's currency; no line is
+    credited beyond what it billed, and no invoice beyond its total."""
+    problems: list[str] = []
+    notes = CreditNote.objects.select_related("invoice").annotate(
+        lines_total=Coalesce(Sum("lines__amount_minor"), 0)
+    )
+    per_invoice: dict[int, int] = defaultdict(int)
+    for note in notes:
+        if note.lines_total != note.total_minor:
+            problems.append(
+                f"credit note {note.number}: total {note.total_minor} != its lines "
+                f"{note.lines_total}"
+            )
+        if note.currency != note.invoice.currency:
+            problems.append(
+                f"credit note {note.number} is in {note.currency}, its invoice in "
+                f"{note.invoice.currency}"
+            )
+        per_invoice[note.invoice_id] += note.total_minor
+    for invoice in Invoice.objects.filter(pk__in=per_invoice):
+        if per_invoice[invoice.pk] > invoice.total_minor:
+            problems.append(
+                f"invoice {invoice}: credit notes {per_invoice[invoice.pk]} exceed its total "
+                f"{invoice.total_minor}"
+            )
+    credited = (
+        CreditNoteLine.objects.values("invoice_line_id", "invoice_line__amount_minor")
+        .annotate(total=Sum("amount_minor"))
+        .order_by("invoice_line_id")
+    )
+    for row in credited:
+        if row["total"] > max(row["invoice_line__amount_minor"], 0):
+            problems.append(
+                f"invoice line {row['invoice_line_id']}: credited {row['total']} of "
+                f"{row['invoice_line__amount_minor']}"
+            )
     return problems
 
 

@@ -344,6 +344,30 @@ def list_invoice_items(*, stripe_invoice_id: str | None = None) -> Iterator[dict
 # --- Billing meters ---------------------------------------------------------------------------
 
 
+# --- Credit notes -----------------------------------------------------------------------------
+
+
+def create_credit_note(*, params: dict[str, Any], key: str) -> dict[str, Any]:
+    return _write(_client().v1.credit_notes.create, params, key)
+
+
+def find_credit_note(*, stripe_invoice_id: str, credit_note_id: int) -> dict[str, Any] | None:
+    """The Stripe invoice's credit note whose metadata names ours (after a lost answer)."""
+    page = _call(
+        _client().v1.credit_notes.list, params={"invoice": stripe_invoice_id, "limit": 100}
+    )
+    for note in _all(page):
+        if (note.get("metadata") or {}).get("credit_note_id") == str(credit_note_id):
+            return note
+    return None
+
+
+def list_credit_notes(*, stripe_invoice_id: str) -> Iterator[dict[str, Any]]:
+    return _all(
+        _call(_client().v1.credit_notes.list, params={"invoice": stripe_invoice_id, "limit": 100})
+    )
+
+
 def meter_event_params(
     *, event_name: str, stripe_customer_id: str, value: int, identifier: str, timestamp: datetime
 ) -> dict[str, Any]:

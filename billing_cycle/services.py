@@ -359,6 +359,9 @@ def _finalize_and_deliver(
         subject = f"{invoice} of {invoice.customer.external_id}"
         report.add(Step.FINALIZE, Outcome.FAILED, subject, error, invoice_id=invoice_id)
     backend = get_backend()
+    if inline and result.finalized:
+        # The invoice e-mails (local backend) were queued by the finalization; send them here.
+        notification_services.send_invoice_emails_now(invoice_ids=result.finalized)
     for invoice_id in result.finalized:
         invoice = invoices[invoice_id]
         total = format_minor(invoice.total_minor, invoice.currency)

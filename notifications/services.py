@@ -238,6 +238,24 @@ def queue_invoice_email(invoice: Invoice) -> Notification | None:
     )
 
 
+def send_invoice_emails_now(*, invoice_ids: Collection[int]) -> list[Notification]:
+    """Send, in this process, the pending invoice e-mails of these invoices (the billing cycle
+    run by `manage.py close_periods`, which needs no worker); claimed like every send."""
+    pending = list(
+        Notification.objects.filter(
+            kind=N.Kind.INVOICE, status=N.Status.PENDING, invoice_id__in=invoice_ids
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    for notification_id in pending:
+        try:
+            send_notification(notification_id=notification_id)
+        except Exception:
+            logger.exception("sending invoice e-mail %s failed", notification_id)
+    return list(Notification.objects.filter(pk__in=pending).order_by("pk"))
+
+
 def requeue_stale_messages(*, now: datetime) -> int:
     """Queue again the send of every message still pending a while after it was recorded.
 

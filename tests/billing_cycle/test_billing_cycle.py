@@ -199,7 +199,9 @@ def test_with_no_review_period_one_run_does_it_all_and_the_second_nothing(
         "  delivery     INV-2026-000001 of acme: kept here (the local backend: our records are "
         "the books)",
     ]
-    assert errors == "" and len(mailoutbox) == 1
+    # the usage summary, then the invoice with its PDF
+    assert errors == "" and len(mailoutbox) == 2
+    assert mailoutbox[1].attachments[0][0] == "invoice-INV-2026-000001.pdf"
 
     before = history()
     with time_machine.travel(at, tick=False):
@@ -208,8 +210,12 @@ def test_with_no_review_period_one_run_does_it_all_and_the_second_nothing(
         "closed 0 period(s), sent 0 usage summary(ies), finalized 0 invoice(s), delivered 0 "
         "invoice(s), reported 0 usage report(s); 0 waiting, 0 failure(s)"
     ]
-    assert (history(), errors, len(mailoutbox)) == (before, "", 1)
-    assert no_worker == [("invoicing.deliver_invoice", (invoice.pk,))]
+    assert (history(), errors, len(mailoutbox)) == (before, "", 2)
+    invoice_email = Notification.objects.get(kind="invoice", invoice_id=invoice.pk)
+    assert no_worker == [
+        ("notifications.send_notification", (invoice_email.pk,)),  # sent inline already
+        ("invoicing.deliver_invoice", (invoice.pk,)),
+    ]
 
 
 @pytest.mark.django_db
@@ -334,7 +340,7 @@ def test_the_beat_task_runs_the_cycle_and_queues_for_workers(
             "delivered": 1,
         }
         assert cycle_tasks.run_billing_cycle.apply().get() == zero
-    assert len(queued) == 1  # the delivery, queued once
+    assert len(queued) == 2  # the delivery and the invoice e-mail, queued once
     invoice.refresh_from_db()
     assert (invoice.status, invoice.number) == ("finalized", "INV-2026-000001")
 

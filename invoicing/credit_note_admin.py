@@ -177,7 +177,7 @@ class CreditNoteAdmin(admin.ModelAdmin):
     """Read-only: a credit note is issued from its invoice's page and never changes."""
 
     list_display = ["number", "invoice_link", "customer", "total", "issued", "stripe"]
-    list_filter = [("issued_at", admin.DateFieldListFilter), "currency"]
+    list_filter = [("issued_at", admin.DateFieldListFilter), "currency", "stripe_sync__status"]
     list_select_related = ["invoice__customer", "stripe_sync"]
     search_fields = ["number", "invoice__number", "invoice__customer__external_id"]
     date_hierarchy = "issued_at"

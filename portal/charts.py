@@ -85,6 +85,8 @@ class BarChart:
     x_labels: list[XLabel]
     summary: str  # the chart's accessible description
     rows: list[tuple[date, str]]  # the data table behind the chart
+    row_format: str = "%a %Y-%m-%d"  # how the table (and tooltips) name a bar's date
+    per: str = "day"  # what one bar covers
     width: int = WIDTH
     height: int = HEIGHT
     left: int = LEFT
@@ -107,10 +109,16 @@ def bar_chart(
     format_value: Callable[[Decimal], str],
     integer: bool = False,
     additive: bool = True,
+    per: str = "day",
+    label_format: str = "",
+    row_format: str = "%a %Y-%m-%d",
+    summary_format: str = "%Y-%m-%d",
 ) -> BarChart:
     """Bars for one meter's days (oldest first); `format_value(Decimal) -> str` words a value
     with its unit for tooltips and the table. `additive`: the days may be summed (sum and
-    count meters), so the description states a total."""
+    count meters), so the description states a total. Other series (months: the admin's
+    revenue) name their step `per`, their axis labels `label_format` and their table rows
+    `row_format`, and the description `summary_format` (strftime formats of the bar's date)."""
     maximum = max((value for _, value in days), default=Decimal(0))
     step = nice_step(maximum, integer=integer)
     top = step * (maximum / step).to_integral_value(rounding=ROUND_CEILING) if maximum else step
@@ -132,12 +140,13 @@ def bar_chart(
                     y=_c(TOP + PLOT_H - height),
                     width=_c(bar_width),
                     height=_c(height),
-                    title=f"{day:%a %Y-%m-%d}: {worded}",
+                    title=f"{day.strftime(row_format)}: {worded}",
                 )
             )
         from_end = len(days) - 1 - index
         if from_end % every == 0:
-            labels.append(XLabel(x=_c(LEFT + slot * index + slot / 2), label=f"{day:%b} {day.day}"))
+            label = day.strftime(label_format) if label_format else f"{day:%b} {day.day}"
+            labels.append(XLabel(x=_c(LEFT + slot * index + slot / 2), label=label))
     ticks = []
     value = Decimal(0)
     while value <= top:
@@ -146,12 +155,13 @@ def bar_chart(
     busiest = max(days, key=lambda item: item[1]) if days else None
     total = sum((value for _, value in days), Decimal(0))
     if busiest is None or busiest[1] == 0:
-        summary = f"{name} per day, last {len(days)} days: no usage."
+        summary = f"{name} per {per}, last {len(days)} {per}s: no usage."
     else:
         summary = (
-            f"{name} per day, last {len(days)} days: "
+            f"{name} per {per}, last {len(days)} {per}s: "
             + (f"{format_value(total)} in total, " if additive else "")
-            + f"busiest day {busiest[0]:%Y-%m-%d} with {format_value(busiest[1])}."
+            + f"busiest {per} {busiest[0].strftime(summary_format)} with "
+            f"{format_value(busiest[1])}."
         )
     return BarChart(
         code=code,
@@ -163,4 +173,6 @@ def bar_chart(
         x_labels=labels,
         summary=summary,
         rows=rows,
+        row_format=row_format,
+        per=per,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from http import HTTPStatus
 from zoneinfo import ZoneInfo
 
 from django.db import connection, transaction
@@ -282,3 +283,86 @@ def current_period(*, customer: Customer, now: datetime) -> BillingPeriod | None
         return None
     ensure_periods(subscription=subscription, now=now)
     return BillingPeriod.objects.filter(customer=customer, start__lte=now, end__gt=now).first()
+
+
+class EarlyCloseRefused(DomainError):
+    """The period cannot be ended early (409); nothing changed."""
+
+    status = HTTPStatus.CONFLICT
+    code = "early_close_refused"
+
+
+EARLY_CLOSE_REASON_MAX = 1000
+
+
+def end_period_early(
+    *, period_id: int, now: datetime, reason: str, user: object = None
+) -> tuple[BillingPeriod, BillingPeriod]:
+    """End a running period now, for finance staff closing a period early (audited, with a
+    reason): the period's end becomes `now` and the customer's next period starts `now`,
+    running to the schedule's next boundary (the rest of the old window), after which the
+    regular periods follow. Returns (the ended period, the new one).
+
+    Why the period ends now rather than keeping its window and handing the rest to the next
+    invoice: an invoice states the window it bills, and the usage after `now` is not in it.
+    Ending the period makes both invoices true: each bills exactly the events inside its own
+    half-open window, and nothing is counted twice or lost. The ended period then closes like
+    any other, once its grace period (BILLING_GRACE_PERIOD, for late events) has passed.
+    """
+    reason = reason.strip()
+    if not reason:
+        raise EarlyCloseRefused("a reason is required to close a period early")
+    if len(reason) > EARLY_CLOSE_REASON_MAX:
+        raise EarlyCloseRefused(f"the reason is longer than {EARLY_CLOSE_REASON_MAX} characters")
+    with transaction.atomic():
+        period = BillingPeriod.objects.select_related("customer").get(pk=period_id)
+        subscription = (
+            Subscription.objects.select_for_update()
+            .select_related("customer", "plan")
+            .filter(customer_id=period.customer_id)
+            .first()
+        )
+        period = BillingPeriod.objects.select_for_update().get(pk=period_id)
+        if subscription is None:
+            raise EarlyCloseRefused(f"{period}: the customer has no subscription")
+        if period.status != BillingPeriod.Status.OPEN or period.end <= now:
+            raise EarlyCloseRefused(
+                f"{period} has ended already: it closes on its own (or use Close now)"
+            )
+        if period.start >= now:
+            raise EarlyCloseRefused(f"{period} has not started yet")
+        later = BillingPeriod.objects.filter(customer_id=period.customer_id, start__gte=period.end)
+        if later.exists():
+            raise EarlyCloseRefused(f"{period}: a later period exists already")
+        old_end = period.end
+        period.end = now
+        period.save(update_fields=["end"])
+        subscription.periods_until = now
+        subscription.save(update_fields=["periods_until", "updated_at"])
+        bounds = _period_from(
+            now, subscription.anchor, subscription.plan.interval, subscription.customer.timezone
+        )
+        following = BillingPeriod.objects.create(
+            customer=subscription.customer,
+            plan=subscription.plan,
+            start=bounds.start,
+            end=bounds.end,
+            status=BillingPeriod.Status.OPEN,
+        )
+        subscription.periods_until = following.end
+        subscription.save(update_fields=["periods_until", "updated_at"])
+        record_audit(
+            action="period.closed_early",
+            obj=period,
+            user=user,
+            customer_external_id=period.customer.external_id,
+            data={
+                "reason": reason,
+                "start": period.start.isoformat(),
+                "scheduled_end": old_end.isoformat(),
+                "end": now.isoformat(),
+                "next_period_id": following.pk,
+                "next_period_end": following.end.isoformat(),
+            },
+        )
+    return period, following

@@ -72,15 +72,16 @@ def chart_figure(chart: BarChart) -> str:
         for label in chart.x_labels
     )
     rows = "".join(
-        f'<tr><td>{day:%a %Y-%m-%d}</td><td class="num">{e(value)}</td></tr>'
+        f'<tr><td>{e(day.strftime(chart.row_format))}</td><td class="num">{e(value)}</td></tr>'
         for day, value in chart.rows
     )
     code, name, unit, summary = e(chart.code), e(chart.name), e(chart.unit), e(chart.summary)
+    per = e(chart.per)
     return mark_safe(  # noqa: S308 - built from escaped texts and formatted numbers only
         f'<figure class="chart" data-meter="{code}">\n'
         f'<svg viewBox="0 0 {chart.width} {chart.height}" role="img" aria-label="{summary}"'
         ' xmlns="http://www.w3.org/2000/svg">\n'
-        f'<title id="chart-{code}-title">{name} per day</title>\n'
+        f'<title id="chart-{code}-title">{name} per {per}</title>\n'
         f'<desc id="chart-{code}-desc">{summary}</desc>\n'
         f"{ticks}\n"
         f'<line class="baseline" x1="{chart.left}" x2="{chart.right_edge}"'
@@ -89,11 +90,11 @@ def chart_figure(chart: BarChart) -> str:
         f'<text class="axis-label" x="4" y="{chart.top}" dominant-baseline="hanging"'
         f' transform="rotate(-90 4 {chart.top})" text-anchor="end">{unit}s</text>\n'
         "</svg>\n"
-        f"<figcaption>{name} ({unit}s per day)</figcaption>\n"
+        f"<figcaption>{name} ({unit}s per {per})</figcaption>\n"
         "<details>\n"
         f'<summary>Data table<span class="visually-hidden"> for {name}</span></summary>\n'
         '<div class="table-wrap">\n<table class="small">\n'
-        '<thead><tr><th scope="col">Day</th>'
+        f'<thead><tr><th scope="col">{per.capitalize()}</th>'
         f'<th scope="col" class="num">{name}</th></tr></thead>\n'
         f"<tbody>{rows}</tbody>\n</table>\n</div>\n</details>\n</figure>"
     )

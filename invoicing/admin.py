@@ -890,13 +890,13 @@ class InvoiceAdmin(admin.ModelAdmin):
         "total",
         "document_link",
         "credit_notes",
-        "created_at",
-        "summary_sent_at",
-        "finalize_after",
-        "finalized_at",
-        "due_at",
-        "paid_at",
-        "voided_at",
+        "created_local",
+        "summary_sent_local",
+        "finalize_after_local",
+        "finalized_local",
+        "due_local",
+        "paid_local",
+        "voided_local",
         "void_reason",
         "stripe_invoice_link",
         "stripe_delivery_status",
@@ -924,6 +924,34 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.display(description="period end (customer's zone)", ordering="period__end")
     def period_end(self, invoice: Invoice) -> str:
         return customer_time(invoice.period.end, invoice.customer)
+
+    @admin.display(description="created")
+    def created_local(self, invoice: Invoice) -> str:
+        return customer_time(invoice.created_at, invoice.customer)
+
+    @admin.display(description="summary sent")
+    def summary_sent_local(self, invoice: Invoice) -> str:
+        return customer_time(invoice.summary_sent_at, invoice.customer) or "-"
+
+    @admin.display(description="finalize after (end of the review period)")
+    def finalize_after_local(self, invoice: Invoice) -> str:
+        return customer_time(invoice.finalize_after, invoice.customer)
+
+    @admin.display(description="issued")
+    def finalized_local(self, invoice: Invoice) -> str:
+        return customer_time(invoice.finalized_at, invoice.customer) or "-"
+
+    @admin.display(description="due")
+    def due_local(self, invoice: Invoice) -> str:
+        return customer_time(invoice.due_at, invoice.customer) or "-"
+
+    @admin.display(description="paid")
+    def paid_local(self, invoice: Invoice) -> str:
+        return customer_time(invoice.paid_at, invoice.customer) or "-"
+
+    @admin.display(description="voided")
+    def voided_local(self, invoice: Invoice) -> str:
+        return customer_time(invoice.voided_at, invoice.customer) or "-"
 
     @admin.display(description="total", ordering="total_minor")
     def total(self, invoice: Invoice) -> str:

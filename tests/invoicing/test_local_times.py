@@ -65,7 +65,12 @@ def test_invoice_admin_and_document_use_the_customer_zone(finance, globex_decemb
     page = finance.get(reverse("admin:invoicing_invoice_changelist")).content.decode()
     assert "2026-12-01 00:00 Europe/Berlin" in page
     url = reverse("admin:invoicing_invoice_change", args=[invoice.pk])
-    assert "2027-01-01 00:00 Europe/Berlin" in finance.get(url).content.decode()
+    detail = finance.get(url).content.decode()
+    assert "2027-01-01 00:00 Europe/Berlin" in detail
+    # the invoice's own dates too (here: when its review period ends)
+    assert localtime.local_time(invoice.finalize_after, localtime.zone_named("Europe/Berlin")) in (
+        detail
+    )
     document = render_invoice_document(invoice)
     assert "2026-12-01 00:00 to 2027-01-01 00:00 (Europe/Berlin)" in document
     assert "2026-11-30 23:00 to 2026-12-31 23:00 (UTC)" in document

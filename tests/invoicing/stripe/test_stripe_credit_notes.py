@@ -4,6 +4,8 @@ lowering what Stripe says is due; reconcile compares them."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from celery.exceptions import Retry
 from django.utils import timezone
@@ -100,3 +102,17 @@ def test_a_refused_credit_note_fails_visibly_and_reconcile_says_so(open_invoice,
     fake_stripe.invoices[open_invoice.stripe_invoice_id]["status"] = "open"
     assert stripe_credit_notes.retry(credit_note_id=note.pk, now=timezone.now()) == "failed"
     assert StripeCreditNoteSync.objects.get(credit_note=note).status == "delivered"
+
+
+def test_a_delivery_left_pending_by_a_lost_worker_is_resumed_once(open_invoice, fake_stripe, clock):
+    fake_stripe.inject("500", path=r"/v1/credit_notes", times=1)
+    with pytest.raises(Retry):
+        issue(open_invoice, "llm_tokens", 400)  # the task's retry message is lost
+    note = CreditNote.objects.get()
+    assert StripeCreditNoteSync.objects.get(credit_note=note).status == "pending"
+    assert tasks.stripe_resume_sync.apply().result["credit_notes"] == 0  # not stale yet
+    clock.shift(timedelta(minutes=11))
+    assert tasks.stripe_resume_sync.apply().result["credit_notes"] == 1
+    assert StripeCreditNoteSync.objects.get(credit_note=note).status == "delivered"
+    assert tasks.stripe_resume_sync.apply().result["credit_notes"] == 0
+    assert len(fake_stripe.credit_notes) == 1

@@ -333,7 +333,7 @@ def test_a_delivery_whose_task_was_lost_is_resumed_once(draft_invoice, fake_stri
     assert fake_stripe.requests == []
 
     result = tasks.stripe_resume_sync.apply().result  # the beat, an hour after the finalization
-    assert result == {"invoices": 1, "usage_reports": 0}
+    assert result == {"invoices": 1, "usage_reports": 0, "credit_notes": 0}
     [stripe_invoice] = fake_stripe.invoices_for(invoice.pk)
     assert stripe_invoice["status"] == "paid"
     assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(invoice)
@@ -341,7 +341,11 @@ def test_a_delivery_whose_task_was_lost_is_resumed_once(draft_invoice, fake_stri
     assert (sync.status, sync.attempts) == ("delivered", 1)
 
     before = len(fake_stripe.requests)
-    assert tasks.stripe_resume_sync.apply().result == {"invoices": 0, "usage_reports": 0}
+    assert tasks.stripe_resume_sync.apply().result == {
+        "invoices": 0,
+        "usage_reports": 0,
+        "credit_notes": 0,
+    }
     assert fake_stripe.requests[before:] == []
 
 
@@ -364,13 +368,21 @@ def test_a_delivery_left_pending_by_a_lost_worker_is_resumed_once_stale(
     assert StripeInvoiceSync.objects.get(pk=sync.pk).attempts == 1
 
     clock.shift(timedelta(minutes=11))
-    assert tasks.stripe_resume_sync.apply().result == {"invoices": 1, "usage_reports": 0}
+    assert tasks.stripe_resume_sync.apply().result == {
+        "invoices": 1,
+        "usage_reports": 0,
+        "credit_notes": 0,
+    }
     sync.refresh_from_db()
     assert (sync.status, sync.attempts) == ("delivered", 2)
     [stripe_invoice] = fake_stripe.invoices_for(draft_invoice.pk)
     assert stripe_lines(fake_stripe, stripe_invoice["id"]) == our_lines(draft_invoice)
     assert len(fake_stripe.invoice_items) == draft_invoice.lines.count()
-    assert tasks.stripe_resume_sync.apply().result == {"invoices": 0, "usage_reports": 0}
+    assert tasks.stripe_resume_sync.apply().result == {
+        "invoices": 0,
+        "usage_reports": 0,
+        "credit_notes": 0,
+    }
 
 
 def test_a_key_in_flight_is_retried_later_and_the_invoice_created_once(draft_invoice, fake_stripe):

@@ -189,7 +189,7 @@ def upcoming_finalizations(*, limit: int = 10) -> list[Invoice]:
 
 def attention_figures() -> list[Figure]:
     """What is stuck, whatever the month: failed or waiting deliveries, unpriced usage, paused
-    customers, credit notes not yet in Stripe."""
+    customers, credit notes not yet in Stripe, unpriced usage."""
     syncs = StripeInvoiceSync.objects
     result = [
         Figure(
@@ -217,14 +217,18 @@ def attention_figures() -> list[Figure]:
             query={"status": "paused"},
         ),
     ]
-    if "unpriced" in InvoiceLine.Kind.values:  # rate cards: usage no rate card prices
-        unpriced = InvoiceLine.objects.filter(kind="unpriced")
-        result.append(
-            Figure(
-                "Unpriced usage lines",
-                unpriced.count(),
-            )
+    # Rate cards: usage no rule prices, waiting for finance to bill or waive it.
+    open_unpriced = InvoiceLine.objects.filter(
+        kind=InvoiceLine.Kind.UNPRICED, resolution__isnull=True
+    )
+    result.append(
+        Figure(
+            "Unpriced usage awaiting a decision",
+            open_unpriced.count(),
+            changelist="admin:invoicing_unpricedline_changelist",
+            query={"decision": "open"},
         )
+    )
     return result
 
 

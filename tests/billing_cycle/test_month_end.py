@@ -80,6 +80,12 @@ def test_overview_is_the_admin_front_page_with_figures_that_open_their_lists(mon
         listing = finance.get(november[label]["url"])
         assert listing.status_code == 200, label
         assert listing.context["cl"].result_count == expected, label
+    # what is stuck: each figure opens its list (an invalid filter would redirect with ?e=1)
+    attention = {f["label"]: f for f in response.context["attention"]}
+    assert attention["Unpriced usage awaiting a decision"]["count"] == 0
+    assert attention["Paused customers"]["count"] == 0
+    for figure in attention.values():
+        assert finance.get(figure["url"]).status_code == 200, figure["label"]
     # revenue: invoiced less the credit note, nothing collected yet, all outstanding
     [usd] = response.context["revenue"]
     assert usd["currency"] == "USD"

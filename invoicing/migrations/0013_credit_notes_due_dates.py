@@ -16,6 +16,8 @@ FINANCE_PERMISSIONS = {
         "view_creditnoteline",
         "view_stripecreditnotesync",
         "change_stripecreditnotesync",
+        # the billing overview lists stuck Stripe deliveries for finance
+        "view_stripeinvoicesync",
     ],
 }
 
@@ -35,7 +37,7 @@ def due_dates(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("invoicing", "0009_plan_version_immutable_in_use"),
+        ("invoicing", "0012_unpriced_lines"),
     ]
 
     operations = [

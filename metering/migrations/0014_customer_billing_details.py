@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('metering', '0012_meter_keeps_its_meaning'),
+        ('metering', '0013_aggregate_dimensions'),
     ]
 
     operations = [

@@ -37,7 +37,7 @@ def due_dates(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("invoicing", "0012_unpriced_lines"),
+        ("invoicing", "0013_stripe_as_it_behaves"),
     ]
 
     operations = [

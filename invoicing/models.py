@@ -531,6 +531,7 @@ class StripeCreditNoteSync(models.Model):
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    key_attempt = models.PositiveIntegerField(default=0)  # see invoicing.stripe.outbox
     first_attempt_at = models.DateTimeField(null=True, blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)

@@ -161,6 +161,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("attempts", models.PositiveIntegerField(default=0)),
+                ("key_attempt", models.PositiveIntegerField(default=0)),
                 ("first_attempt_at", models.DateTimeField(blank=True, null=True)),
                 ("last_attempt_at", models.DateTimeField(blank=True, null=True)),
                 ("last_error", models.TextField(blank=True)),

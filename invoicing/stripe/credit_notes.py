@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import record_audit
-from invoicing.models import CreditNote, StripeCreditNoteSync
+from invoicing.models import CreditNote, StripeCreditNoteSync, StripeInvoiceSync
 from invoicing.stripe import client, outbox
 
 
@@ -121,11 +121,12 @@ def _push(*, sync_id: int, now: datetime) -> None:
                 "credit note",
                 code="invoice_not_creditable",
             )
+        params = credit_note_params(
+            note, stripe_invoice_id, paid=stripe_invoice["status"] == "paid"
+        )
         found = client.create_credit_note(
-            params=credit_note_params(
-                note, stripe_invoice_id, paid=stripe_invoice["status"] == "paid"
-            ),
-            key=client.idempotency_key(f"cn-{note.pk}"),
+            params=params,
+            key=client.idempotency_key(f"cn-{note.pk}", attempt=sync.key_attempt, params=params),
         )
     if found.get("total") != note.total_minor:
         raise client.PermanentStripeError(
@@ -133,12 +134,33 @@ def _push(*, sync_id: int, now: datetime) -> None:
             f"{note.total_minor}",
             code="total_mismatch",
         )
-    _record(sync_id=sync.pk, stripe_credit_note_id=found["id"], now=now)
+    _record(
+        sync_id=sync.pk,
+        stripe_credit_note_id=found["id"],
+        pre_payment_minor=int(found.get("pre_payment_amount") or 0),
+        now=now,
+    )
 
 
 @transaction.atomic
-def _record(*, sync_id: int, stripe_credit_note_id: str, now: datetime) -> None:
+def _record(
+    *, sync_id: int, stripe_credit_note_id: str, pre_payment_minor: int, now: datetime
+) -> None:
+    """Mark the note delivered; the part Stripe took off the invoice before payment
+    (`pre_payment_amount`) lowers what we recorded Stripe's invoice owes, so reconcile keeps
+    comparing Stripe's `amount_due` with ours. Once only: a delivered note is not recorded again."""
     sync = StripeCreditNoteSync.objects.select_for_update().get(pk=sync_id)
+    if sync.status == StripeCreditNoteSync.Status.DELIVERED:
+        return
+    if pre_payment_minor:
+        invoice_sync = (
+            StripeInvoiceSync.objects.select_for_update()
+            .filter(invoice_id=sync.credit_note.invoice_id, amount_due__isnull=False)
+            .first()
+        )
+        if invoice_sync is not None:
+            invoice_sync.amount_due = (invoice_sync.amount_due or 0) - pre_payment_minor
+            invoice_sync.save(update_fields=["amount_due", "updated_at"])
     CreditNote.objects.filter(pk=sync.credit_note_id).update(
         stripe_credit_note_id=stripe_credit_note_id
     )

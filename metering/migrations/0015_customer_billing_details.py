@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('metering', '0013_aggregate_dimensions'),
+        ('metering', '0014_rollup_groups'),
     ]
 
     operations = [

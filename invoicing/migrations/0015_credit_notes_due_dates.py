@@ -37,7 +37,7 @@ def due_dates(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("invoicing", "0013_stripe_as_it_behaves"),
+        ("invoicing", "0014_finance_edits_rate_cards"),
     ]
 
     operations = [

@@ -31,14 +31,21 @@ from metering.models import Customer
 AWAITING = StripeInvoiceSync.Status.AWAITING_PAYMENT_METHOD
 
 
+def expanded_id(value: Any) -> str | None:
+    """The id in an expandable field: Stripe sends the id, or the object itself when expanded."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
 def can_charge(stripe_customer_id: str, *, now: datetime) -> bool:
     """Whether Stripe holds a payment method it charges the customer's invoices to (asked of
     Stripe; what it says is kept on our link)."""
     stripe_customer = client.retrieve_customer(stripe_customer_id)
     settings_ = stripe_customer.get("invoice_settings") or {}
-    method = settings_.get("default_payment_method") or stripe_customer.get("default_source")
-    if isinstance(method, dict):  # expanded
-        method = method.get("id")
+    method = expanded_id(
+        settings_.get("default_payment_method") or stripe_customer.get("default_source")
+    )
     record_payment_method(
         stripe_customer_id=stripe_customer_id, payment_method_id=method or "", now=now
     )
@@ -86,9 +93,7 @@ def use_payment_method(
         return None
     if not payment_method_id:
         intent = client.retrieve_setup_intent(setup_intent_id)
-        method = intent.get("payment_method")
-        if isinstance(method, dict):
-            method = method.get("id")
+        method = expanded_id(intent.get("payment_method"))
         if intent.get("status") != "succeeded" or not method:
             return None
         payment_method_id = str(method)
@@ -146,12 +151,10 @@ def apply_checkout_completed(row: StripeWebhookEvent, obj: dict[str, Any]) -> No
     if obj.get("object") != "checkout.session" or obj.get("mode") != "setup":
         row.detail = "not a setup-mode Checkout session"
         return
-    setup_intent = obj.get("setup_intent")
-    if isinstance(setup_intent, dict):
-        setup_intent = setup_intent.get("id")
+    setup_intent = expanded_id(obj.get("setup_intent"))
     if not _ours(row, obj.get("customer")):
         return
-    if not isinstance(setup_intent, str) or not setup_intent:
+    if not setup_intent:
         row.detail = "the session names no SetupIntent"
         return
     _queue_use(stripe_customer_id=obj["customer"], setup_intent_id=setup_intent)
@@ -163,12 +166,10 @@ def apply_setup_intent_succeeded(row: StripeWebhookEvent, obj: dict[str, Any]) -
     if obj.get("object") != "setup_intent" or obj.get("status") != "succeeded":
         row.detail = "not a succeeded SetupIntent"
         return
-    method = obj.get("payment_method")
-    if isinstance(method, dict):
-        method = method.get("id")
+    method = expanded_id(obj.get("payment_method"))
     if not _ours(row, obj.get("customer")):
         return
-    if not isinstance(method, str) or not method:
+    if not method:
         row.detail = "the SetupIntent names no payment method"
         return
     _queue_use(stripe_customer_id=obj["customer"], payment_method_id=method)
@@ -182,10 +183,11 @@ def apply_customer_updated(row: StripeWebhookEvent, obj: dict[str, Any]) -> None
     if obj.get("object") != "customer" or not _ours(row, obj.get("id")):
         return
     settings_ = obj.get("invoice_settings") or {}
-    method = settings_.get("default_payment_method") if isinstance(settings_, dict) else None
-    if isinstance(method, dict):
-        method = method.get("id")
-    method = method if isinstance(method, str) else ""
+    method = (
+        expanded_id(settings_.get("default_payment_method"))
+        if isinstance(settings_, dict)
+        else None
+    ) or ""
     link = record_payment_method(
         stripe_customer_id=obj["id"], payment_method_id=method, now=row.created
     )
